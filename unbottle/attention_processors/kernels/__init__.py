@@ -1,0 +1,1 @@
+"""Triton block-sparse attention kernels for Hopper, each with a PyTorch reference (issue #5)."""

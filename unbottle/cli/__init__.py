@@ -1,0 +1,188 @@
+"""The `unbottle` command line: image, video and text generation, reward-scored batches, benchmarks.
+
+Exit codes: 0 ok, 1 a failure while running (model not loadable, output not writable), 2 bad usage or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+
+from .errors import CLIError, UsageError
+from .features import check_feature_flags
+
+# verbs whose feature has not landed yet: (feature, issue that delivers it)
+PENDING_VERBS = {
+    "batch": ("reward-scored batch generation", 8),
+    "bench attention": ("the attention benchmark", 5),
+    "bench e2e": ("the end-to-end benchmark", 6),
+    "bench quality": ("the quality benchmark on the shapes models", 4),
+}
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer ≥ 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer ≥ 1, got {value}")
+        return value
+
+    return parse
+
+
+def _density(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sparse must be a density in (0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"--sparse must be a density in (0, 1], got {value}")
+    return value
+
+
+def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
+    sub.add_argument("prompt", help="the text prompt")
+    sub.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
+    sub.add_argument("-o", "--output", default="unbottle.mp4" if video else "unbottle.png",
+                     help="output file (.mp4)" if video else "output file (.png, .jpg, .webp)")  # fmt: skip
+    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--steps", type=_positive_int("--steps"), help="denoising steps (default: the model's)")
+    sub.add_argument("--height", type=_positive_int("--height"), help="pixels (default: the model's)")
+    sub.add_argument("--width", type=_positive_int("--width"), help="pixels (default: the model's)")
+    if video:
+        sub.add_argument("--frames", type=_positive_int("--frames"), help="number of frames (default: the model's)")
+        sub.add_argument("--fps", type=_positive_int("--fps"), default=8, help="frames per second of the MP4")
+    sub.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the model's)")
+    sub.add_argument("--negative-prompt", help="negative prompt, for models that take one")
+    _run_options(sub)
+    sub.add_argument("--sparse", type=_density, metavar="DENSITY", help="sparse attention at this block density")
+    sub.add_argument("--bottleneck", metavar="PRESET", help="bottleneck (high-low-high) sampling preset")
+    sub.add_argument("--structured", action="store_true", help="structured cross-attention guidance")
+    sub.add_argument("--rewards", metavar="NAME[:W],...", help="rewards for noise exploration/optimization")
+    sub.add_argument("--explore", type=_positive_int("--explore"), metavar="N", help="best of N initial noises")
+    sub.add_argument("--optimize", type=_positive_int("--optimize"), metavar="ITERS",
+                     help="reward-guided initial-noise optimization iterations")  # fmt: skip
+
+
+def _run_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    sub.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                     help="weights dtype (default auto: bfloat16 on cuda, float32 on cpu)")  # fmt: skip
+    sub.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `unbottle` command, with one sub-command per verb."""
+    parser = argparse.ArgumentParser(
+        prog="unbottle",
+        description="Faster, better-aligned diffusion on stock diffusers pipelines. With no --model, every verb "
+        "runs on the embedded default model, offline, on the CPU.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"unbottle {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _generation_options(verbs.add_parser("image", help="generate an image"), video=False)
+    _generation_options(verbs.add_parser("video", help="generate a video (MP4)"), video=True)
+
+    text = verbs.add_parser("text", help="generate text with a diffusion language model")
+    text.add_argument("prompt", help="the text prompt")
+    text.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
+    text.add_argument("--gen-length", type=_positive_int("--gen-length"), default=16, help="tokens to generate")
+    text.add_argument("--steps", type=_positive_int("--steps"), help="denoising steps (default: the model's)")
+    text.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    text.add_argument("-o", "--output", help="also write the text to this file")
+    text.add_argument("--sparse", type=_density, metavar="DENSITY", help="SparseD sparse attention at this density")
+    _run_options(text)
+
+    batch = verbs.add_parser("batch", help="reward-scored batch generation (resumable; multi-GPU with accelerate)")
+    batch.add_argument("prompts", metavar="PROMPTS.txt", help="one prompt per line")
+    batch.add_argument("--n", type=_positive_int("--n"), default=4, help="candidates per prompt")
+    batch.add_argument("--rewards", metavar="NAME[:W],...", help="rewards that score the candidates")
+    batch.add_argument("-o", "--output", default="unbottle-batch", help="output folder")
+
+    bench = verbs.add_parser("bench", help="benchmarks: JSON + markdown + plots")
+    bench.add_argument("suite", nargs="?", choices=["attention", "e2e", "quality"], default="attention")
+    bench.add_argument("-o", "--output", default="bench-results", help="output folder")
+    return parser
+
+
+def _device_and_dtype(args: argparse.Namespace):
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise UsageError(f"--device {device!r} is not usable here: {str(e).splitlines()[0]}") from e
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
+    return device, dtype
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..defaults import EMBEDDED
+    from .loading import load_pipeline
+    from .output import IMAGE_SUFFIXES, VIDEO_SUFFIXES, prepare_output
+
+    if args.verb in ("batch", "bench"):
+        feature, issue = PENDING_VERBS[args.verb if args.verb == "batch" else f"bench {args.suite}"]
+        raise UsageError(f"{feature} is not available yet (issue #{issue})")
+    check_feature_flags(args)
+    if not args.prompt.strip():
+        raise UsageError("PROMPT must not be empty")
+
+    suffixes = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES, "text": None}[args.verb]
+    output = prepare_output(args.output, suffixes) if args.output else None
+    device, dtype = _device_and_dtype(args)
+    default = EMBEDDED[args.verb] if args.model is None else None
+    where = default.description if default else args.model
+    print(f"unbottle {args.verb}: loading {where} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
+    pipe = load_pipeline(args.model, args.verb, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=args.quiet)
+    steps = args.steps if args.steps is not None else (default.steps if default else None)
+
+    from .generate import generate_image, generate_text, generate_video
+
+    if args.verb == "text":
+        text = generate_text(pipe, args.prompt, gen_length=args.gen_length, steps=steps, seed=args.seed)
+        print(text)
+        if output is not None:
+            output.write_text(text + "\n")
+        return 0
+    height = args.height if args.height is not None else (default.height if default else None)
+    width = args.width if args.width is not None else (default.width if default else None)
+    common = dict(steps=steps, seed=args.seed, height=height, width=width, guidance_scale=args.guidance_scale,
+                  negative_prompt=args.negative_prompt)  # fmt: skip
+    if args.verb == "image":
+        path = generate_image(pipe, args.prompt, output, **common)
+    else:
+        frames = args.frames if args.frames is not None else (default.frames if default else None)
+        path = generate_video(pipe, args.prompt, output, frames=frames, fps=args.fps, **common)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `unbottle` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():  # libraries' deprecation notices to each other are not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return _run(args)
+    except CLIError as e:
+        print(f"unbottle {args.verb}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"unbottle {args.verb}: interrupted", file=sys.stderr)
+        return 130

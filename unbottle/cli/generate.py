@@ -1,0 +1,122 @@
+"""The generation verbs: image, video and text, on a loaded pipeline, with the model's size rules checked first."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+from .output import save_image, save_video
+
+
+def call_parameters(pipe: object) -> set[str]:
+    """Names of the keyword arguments the pipeline's `__call__` accepts."""
+    return set(inspect.signature(pipe.__call__).parameters)
+
+
+def is_video_pipeline(pipe: object) -> bool:
+    """True for pipelines that generate frames (their call takes `num_frames`)."""
+    return "num_frames" in call_parameters(pipe)
+
+
+def spatial_multiple(pipe: object) -> int:
+    """The number height and width must be multiples of: VAE downsampling × patch size (× 2 for Flux's packing)."""
+    vae = 1
+    for attr in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_scale_factor"):
+        if isinstance(getattr(pipe, attr, None), int):
+            vae = getattr(pipe, attr)
+            break
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    patch = getattr(getattr(denoiser, "config", None), "patch_size", None) or 1
+    if isinstance(patch, (tuple, list)):
+        patch = patch[-1]
+    packing = 2 if type(pipe).__name__.startswith("Flux") else 1
+    return int(vae) * int(patch) * packing
+
+
+def temporal_multiple(pipe: object) -> int:
+    """Frames must be k·n + 1 for the VAE's temporal compression k (1 when the model has none)."""
+    for attr in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio"):
+        if isinstance(getattr(pipe, attr, None), int):
+            return getattr(pipe, attr)
+    return 1
+
+
+def check_size(pipe: object, height: int | None, width: int | None, frames: int | None = None) -> None:
+    """Raise a UsageError naming the argument when a size breaks the model's divisibility rules."""
+    multiple = spatial_multiple(pipe)
+    for name, value in (("--height", height), ("--width", width)):
+        if value is not None and value % multiple:
+            raise UsageError(
+                f"{name} {value} is not a multiple of {multiple}, which {type(pipe).__name__} requires "
+                f"(VAE downsampling × patch size); try {max(multiple, value // multiple * multiple)}"
+            )
+    k = temporal_multiple(pipe)
+    if frames is not None and (frames - 1) % k:
+        raise UsageError(
+            f"--frames {frames} does not fit {type(pipe).__name__}'s temporal compression {k}: use {k}·n + 1 frames, "
+            f"e.g. {(frames - 1) // k * k + 1}"
+        )
+
+
+def _call_kwargs(pipe: object, prompt: str, *, steps: int | None, seed: int, height: int | None, width: int | None,
+                 guidance_scale: float | None, negative_prompt: str | None) -> dict:  # fmt: skip
+    params = call_parameters(pipe)
+    kwargs = {"prompt": prompt, "generator": torch.Generator().manual_seed(seed)}
+    if steps is not None:
+        kwargs["num_inference_steps"] = steps
+    if height is not None:
+        kwargs["height"] = height
+    if width is not None:
+        kwargs["width"] = width
+    if guidance_scale is not None:
+        kwargs["guidance_scale"] = guidance_scale
+    if negative_prompt is not None:
+        if "negative_prompt" not in params:
+            raise UsageError(f"--negative-prompt: {type(pipe).__name__} takes no negative prompt")
+        kwargs["negative_prompt"] = negative_prompt
+    return kwargs
+
+
+def generate_image(pipe: object, prompt: str, output: Path, *, steps: int | None = None, seed: int = 0,
+                   height: int | None = None, width: int | None = None, guidance_scale: float | None = None,
+                   negative_prompt: str | None = None) -> Path:  # fmt: skip
+    """Generate one image with an image pipeline, or the first frame of a 1-frame video pipeline; write it."""
+    check_size(pipe, height, width, 1 if is_video_pipeline(pipe) else None)
+    kwargs = _call_kwargs(pipe, prompt, steps=steps, seed=seed, height=height, width=width,
+                          guidance_scale=guidance_scale, negative_prompt=negative_prompt)  # fmt: skip
+    if is_video_pipeline(pipe):
+        frames = pipe(num_frames=1, output_type="np", **kwargs).frames  # (B, F, H, W, 3)
+        return save_image(frames[0][0], output)
+    return save_image(pipe(output_type="pil", **kwargs).images[0], output)
+
+
+def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | None = None, fps: int = 8,
+                   steps: int | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
+                   guidance_scale: float | None = None, negative_prompt: str | None = None) -> Path:  # fmt: skip
+    """Generate a video with a video pipeline and write it as MP4."""
+    if not is_video_pipeline(pipe):
+        raise UsageError(f"--model: {type(pipe).__name__} makes images, not videos; use `unbottle image`")
+    check_size(pipe, height, width, frames)
+    kwargs = _call_kwargs(pipe, prompt, steps=steps, seed=seed, height=height, width=width,
+                          guidance_scale=guidance_scale, negative_prompt=negative_prompt)  # fmt: skip
+    if frames is not None:
+        kwargs["num_frames"] = frames
+    video = pipe(output_type="np", **kwargs).frames[0]  # (F, H, W, 3) in [0, 1]
+    return save_video(video, output, fps=fps)
+
+
+def generate_text(pipe: object, prompt: str, *, gen_length: int | None = None, steps: int | None = None,
+                  seed: int = 0) -> str:  # fmt: skip
+    """Generate text with a diffusers text-diffusion pipeline (DiffusionGemmaPipeline, LLaDA2Pipeline)."""
+    params = call_parameters(pipe)
+    if "gen_length" not in params:
+        raise UsageError(f"--model: {type(pipe).__name__} is not a text-diffusion pipeline; use `unbottle image`")
+    kwargs = {"prompt": prompt, "generator": torch.Generator().manual_seed(seed), "output_type": "text"}
+    if gen_length is not None:
+        kwargs["gen_length"] = gen_length
+    if steps is not None:
+        kwargs["num_inference_steps"] = steps
+    return pipe(**kwargs).texts[0]
