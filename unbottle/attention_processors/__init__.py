@@ -1,23 +1,21 @@
-"""Sparse attention: Re-ttention statistical reshape and SparseD cached per-head block patterns (issue #3)."""
+"""Sparse attention: Re-ttention statistical reshape and SparseD cached per-head block patterns, for every family."""
 
-from .._pending import pending_class, pending_function
-
-_FEATURE = "sparse attention (Re-ttention reshape + SparseD cached head patterns)"
-
-SparseAttentionConfig = pending_class("SparseAttentionConfig", _FEATURE, 3)
-SparseAttnProcessor = pending_class("SparseAttnProcessor", _FEATURE, 3)
-enable_sparse_attention = pending_function("enable_sparse_attention", _FEATURE, 3)
-disable_sparse_attention = pending_function("disable_sparse_attention", _FEATURE, 3)
-save_head_patterns = pending_function("save_head_patterns", _FEATURE, 3)
-load_head_patterns = pending_function("load_head_patterns", _FEATURE, 3)
-block_sparse_attention = pending_function("block_sparse_attention", "block-sparse attention over a BlockMask", 3)
+from .adapters import ADAPTERS, supported_families
+from .block_sparse import block_sparse_attention
+from .config import SparseAttentionConfig
+from .enable import SparseAttentionHandle, disable_sparse_attention, enable_sparse_attention
+from .pattern_files import load_head_patterns, save_head_patterns
+from .processor import SparseAttnProcessor
 
 __all__ = [
+    "ADAPTERS",
     "SparseAttentionConfig",
+    "SparseAttentionHandle",
     "SparseAttnProcessor",
     "block_sparse_attention",
     "disable_sparse_attention",
     "enable_sparse_attention",
     "load_head_patterns",
     "save_head_patterns",
+    "supported_families",
 ]

@@ -1,0 +1,135 @@
+"""`enable_sparse_attention` / `disable_sparse_attention`: one call on a pipeline or its denoiser, exactly undone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import HookRegistry
+
+from .._pending import PendingFeatureError
+from .adapters import FamilyAdapter, adapter_for
+from .config import SparseAttentionConfig
+from .processor import SparseAttnProcessor
+from .state import LAYER_HOOK, MODEL_HOOK, LayerStateHook, ModelClockHook, PatternStore, layer_state_hook
+
+HANDLE_ATTR = "_unbottle_sparse"
+
+
+@dataclass
+class SparseAttentionHandle:
+    """What `enable_sparse_attention` changed, to undo it exactly, and the patterns it caches."""
+
+    model: torch.nn.Module
+    config: SparseAttentionConfig
+    adapter: FamilyAdapter
+    originals: dict[str, object]  # the model's processors before, by `attn_processors` key (same objects)
+    store: PatternStore
+    layer_hooks: dict[str, LayerStateHook] = field(default_factory=dict)
+
+    @property
+    def pattern_computations(self) -> dict[str, int]:
+        """How many times each layer computed a pattern (cached patterns: once per resolution)."""
+        return dict(self.store.computed)
+
+    def reset(self) -> None:
+        """Forget every layer's statistics and the step clocks (the cached patterns stay)."""
+        for hook in self.layer_hooks.values():
+            hook.states.clear()
+        clock = HookRegistry.check_if_exists_or_initialize(self.model).get_hook(MODEL_HOOK)
+        if clock is not None:
+            clock.clocks.clear()
+
+    def disable(self) -> None:
+        disable_sparse_attention(self.model)
+
+
+def denoiser_of(pipe_or_model: object) -> tuple[torch.nn.Module, object | None]:
+    """(denoiser, pipeline or None) from a pipeline, its transformer/unet, or a transformers model."""
+    if isinstance(pipe_or_model, torch.nn.Module):
+        if type(pipe_or_model).__module__.startswith("transformers."):
+            raise PendingFeatureError(
+                "unbottle.enable_sparse_attention on transformers diffusion LMs is not available yet: it lands with "
+                "issue #9"
+            )
+        return pipe_or_model, None
+    for attr in ("transformer", "unet"):
+        model = getattr(pipe_or_model, attr, None)
+        if isinstance(model, torch.nn.Module):
+            return model, pipe_or_model
+    if isinstance(getattr(pipe_or_model, "model", None), torch.nn.Module):
+        return denoiser_of(pipe_or_model.model)
+    raise ValueError(f"expected a diffusers pipeline or its transformer/unet, got {type(pipe_or_model).__name__}")
+
+
+def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig) -> SparseAttentionHandle:
+    """Sparse self-attention (Re-ttention reshape + SparseD cached patterns) on a pipeline's denoiser."""
+    if not isinstance(config, SparseAttentionConfig):
+        raise TypeError(f"config must be an unbottle.SparseAttentionConfig, got {type(config).__name__}")
+    model, pipe = denoiser_of(pipe_or_model)
+    adapter = adapter_for(model)
+    if getattr(model, HANDLE_ATTR, None) is not None:
+        raise RuntimeError(
+            f"sparse attention is already enabled on this {type(model).__name__}; call "
+            "unbottle.disable_sparse_attention first to change its config"
+        )
+    originals = dict(model.attn_processors)
+    store = PatternStore()
+    modules = dict(model.named_modules())
+    handle = SparseAttentionHandle(model, config, adapter, originals, store)
+    processors = {}
+    for key, processor in originals.items():
+        name = key.removesuffix(".processor")
+        if adapter.selects(name) and not getattr(modules[name], "is_cross_attention", False):
+            processors[key] = SparseAttnProcessor(config, processor, name=name, store=store)
+            handle.layer_hooks[name] = layer_state_hook(modules[name])
+        else:
+            processors[key] = processor
+    if not handle.layer_hooks:
+        raise ValueError(f"found no self-attention module in {type(model).__name__} to make sparse")
+    model.set_attn_processor(processors)
+
+    def on_new_generation(branch: str) -> None:
+        for hook in handle.layer_hooks.values():
+            hook.states.pop(branch, None)
+
+    def num_steps() -> int | None:
+        steps = getattr(getattr(pipe, "scheduler", None), "num_inference_steps", None)
+        return int(steps) if isinstance(steps, int) and steps > 0 else None
+
+    fraction = config.full_steps if isinstance(config.full_steps, float) else None
+    clock = ModelClockHook(lambda m, bound: adapter.read_call(m, bound), on_new_generation,
+                           num_steps if pipe is not None else None, fraction)  # fmt: skip
+    HookRegistry.check_if_exists_or_initialize(model).register_hook(clock, MODEL_HOOK)
+    setattr(model, HANDLE_ATTR, handle)
+    return handle
+
+
+def disable_sparse_attention(pipe_or_model: object) -> None:
+    """Restore the exact processors (the same objects) and remove every hook sparse attention added."""
+    model, _ = denoiser_of(pipe_or_model)
+    handle = getattr(model, HANDLE_ATTR, None)
+    if handle is not None:
+        model.set_attn_processor(handle.originals)
+        delattr(model, HANDLE_ATTR)
+    else:  # the drop-in form: put each module's stock processor back
+        current = model.attn_processors
+        if not any(isinstance(p, SparseAttnProcessor) for p in current.values()):
+            return
+        modules = dict(model.named_modules())
+        restored = {}
+        for key, processor in current.items():
+            module = modules[key.removesuffix(".processor")]
+            if isinstance(processor, SparseAttnProcessor):
+                processor = processor.processor or processor._inner.get(id(module))
+                if processor is None:  # never called: the family's default
+                    processor = module._default_processor_cls() if hasattr(module, "_default_processor_cls") else None
+            restored[key] = processor
+        if any(p is None for p in restored.values()):
+            raise RuntimeError("cannot tell the stock processors of a drop-in SparseAttnProcessor that never ran")
+        model.set_attn_processor(restored)
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    registry.remove_hook(MODEL_HOOK, recurse=False)
+    for module in model.modules():
+        if hasattr(module, "_diffusers_hook") and module._diffusers_hook.get_hook(LAYER_HOOK) is not None:
+            module._diffusers_hook.remove_hook(LAYER_HOOK, recurse=False)

@@ -1,0 +1,91 @@
+"""Which key blocks each (head, query block) keeps: "window" (locality), "dynamic" (pooled q·k), "cached" (SparseD).
+
+Every pattern keeps the blocks holding text/conditioning tokens (as keys, and as dense query rows) and the diagonal
+block, then the top `ceil(density · n_key_blocks)` blocks by score. Patterns are (indices, counts) kept-block
+lists, see block_mask.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .block_mask import num_blocks
+from .layout import TokenLayout, token_coordinates
+
+
+def keep_count(density: float, n_kv_blocks: int) -> int:
+    """Key blocks kept per query-block row at `density` (at least one)."""
+    return max(1, min(n_kv_blocks, math.ceil(density * n_kv_blocks - 1e-9)))
+
+
+def forced_blocks(layout: TokenLayout, n: int, block_size: int, device: torch.device | str) -> torch.Tensor:
+    """(nQ, nK) bool: tiles every pattern keeps — text key blocks, text query rows, the diagonal."""
+    _, is_text = token_coordinates(layout, n, device)
+    nb = num_blocks(n, block_size)
+    text_block = F.pad(is_text, (0, nb * block_size - n)).view(nb, block_size).any(-1)  # (nB,)
+    forced = text_block[None, :] | text_block[:, None]
+    return forced | torch.eye(nb, dtype=torch.bool, device=device)
+
+
+def select_blocks(scores: torch.Tensor, forced: torch.Tensor, density: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top blocks per row of `scores` (B, H, nQ, nK) plus the `forced` (nQ, nK) ones → (indices, counts)."""
+    n_k = scores.shape[-1]
+    k = keep_count(density, n_k)
+    counts = forced.sum(-1).clamp(min=k).expand(scores.shape[:-1])  # (B, H, nQ)
+    ranked = scores.float().masked_fill(forced, float("inf"))
+    width = int(counts.max())
+    indices = ranked.topk(width, dim=-1, sorted=True).indices  # forced first, then by score
+    return indices.to(torch.int32), counts.to(torch.int32).contiguous()
+
+
+def window_scores(layout: TokenLayout, n: int, block_size: int, device: torch.device | str) -> torch.Tensor:
+    """(1, 1, nQ, nK) negative distances between block centroids in (frame, row, column) token coordinates."""
+    coords, is_text = token_coordinates(layout, n, device)
+    nb = num_blocks(n, block_size)
+    weight = F.pad((~is_text).float(), (0, nb * block_size - n)).view(nb, block_size, 1)
+    summed = (F.pad(coords, (0, 0, 0, nb * block_size - n)).view(nb, block_size, 3) * weight).sum(1)
+    centroid = summed / weight.sum(1).clamp(min=1.0)  # (nB, 3)
+    dist = torch.cdist(centroid, centroid)  # (nB, nB)
+    tie = torch.arange(nb, device=device).float() * 1e-6  # stable order among equal distances
+    return -(dist + tie[None, :])[None, None]
+
+
+def pooled_scores(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float) -> torch.Tensor:
+    """(B, H, nQ, nK) scores of block-mean queries against block-mean keys: the "dynamic" estimate."""
+
+    def pool(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, D) -> (B, H, nB, D)
+        n = x.shape[2]
+        nb = num_blocks(n, block_size)
+        padded = F.pad(x.float(), (0, 0, 0, nb * block_size - n)).view(*x.shape[:2], nb, block_size, x.shape[-1])
+        count = torch.full((nb,), block_size, device=x.device, dtype=torch.float32)
+        count[-1] = n - (nb - 1) * block_size
+        return padded.sum(3) / count[:, None]
+
+    return torch.matmul(pool(q), pool(k).transpose(-1, -2)) * scale
+
+
+def exact_block_importance(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, block_size: int, scale: float, chunk: int = 1024
+) -> torch.Tensor:
+    """(1, H, nQ, nK) mean softmax probability per tile under exact attention, averaged over the batch (SparseD)."""
+    b, h, n, _ = q.shape
+    n_kv = k.shape[2]
+    nqb, nkb = num_blocks(n, block_size), num_blocks(n_kv, block_size)
+    chunk = max(block_size, chunk // block_size * block_size)
+    rows = []
+    for start in range(0, n, chunk):
+        s = torch.matmul(q[:, :, start : start + chunk].float(), k.float().transpose(-1, -2)) * scale  # (B, H, c, Nk)
+        p = torch.exp(s - lse[:, :, start : start + chunk, None].float())
+        c = p.shape[2]
+        p = F.pad(p, (0, nkb * block_size - n_kv, 0, math.ceil(c / block_size) * block_size - c))
+        tiles = p.view(b, h, -1, block_size, nkb, block_size).sum((3, 5))  # (B, H, c/bs, nK)
+        rows.append(tiles)
+    sums = torch.cat(rows, 2)[:, :, :nqb]
+    q_sizes = torch.full((nqb,), block_size, device=q.device, dtype=torch.float32)
+    q_sizes[-1] = n - (nqb - 1) * block_size
+    k_sizes = torch.full((nkb,), block_size, device=q.device, dtype=torch.float32)
+    k_sizes[-1] = n_kv - (nkb - 1) * block_size
+    return (sums / (q_sizes[:, None] * k_sizes[None, :])).mean(0, keepdim=True)

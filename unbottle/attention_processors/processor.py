@@ -1,0 +1,115 @@
+"""`SparseAttnProcessor`: wraps a family's stock processor and catches the one scaled-dot-product call it makes.
+
+Legacy processors (UNet, SD3, PixArt, CogVideoX) call `F.scaled_dot_product_attention` directly; dispatcher-aware
+ones (Flux, Wan, HunyuanVideo, LTX) reach it through diffusers' `native` backend. A `TorchFunctionMode`, active only
+while the wrapped processor runs, hands that call's q/k/v (B, H, N, D) — after projections, QK-norm and RoPE — to the
+engine, so no model processor code is copied. Calls that are not self-attention pass through untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .config import SparseAttentionConfig
+from .engine import SparseLayer
+from .state import PatternStore, layer_state_hook
+
+
+class _CatchSDPA(TorchFunctionMode):
+    """Routes `F.scaled_dot_product_attention` calls to `layer.attend`; counts them."""
+
+    def __init__(self, layer: SparseLayer) -> None:
+        super().__init__()
+        self.layer, self.calls = layer, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        self.calls += 1
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        call = dict(zip(names, args, strict=False)) | kwargs
+        q, k, v = call["query"], call["key"], call["value"]
+        mask = call.get("attn_mask")
+        if (
+            q.dim() != 4 or q.shape[2] != k.shape[2] or call.get("dropout_p", 0.0) or call.get("is_causal", False)
+            or (mask is not None and mask.dim() == 4 and mask.shape[-2] not in (1, q.shape[2]))
+        ):  # fmt: skip
+            return func(*args, **kwargs)
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: expand the key/value heads
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        out = self.layer.attend(q, k, v, attn_mask=mask, scale=call.get("scale"))
+        return func(*args, **kwargs) if out is None else out
+
+
+def stock_processor_for(attn: torch.nn.Module, encoder_hidden_states, image_rotary_emb) -> object:
+    """The stock processor a module of a supported family runs by default (for the drop-in form)."""
+    from diffusers.models import attention_processor as ap
+
+    if hasattr(attn, "_default_processor_cls"):  # Flux, Wan, LTX (AttentionModuleMixin)
+        return attn._default_processor_cls()
+    joint = getattr(attn, "add_q_proj", None) is not None
+    if image_rotary_emb is not None and (joint or encoder_hidden_states is None):
+        return ap.HunyuanVideoAttnProcessor2_0()  # HunyuanVideo double (joint) and single-stream blocks
+    if encoder_hidden_states is not None and not joint and not getattr(attn, "is_cross_attention", False):
+        return ap.CogVideoXAttnProcessor2_0()  # CogVideoX: text concatenated inside the processor
+    if joint:
+        return ap.JointAttnProcessor2_0()  # SD3 joint attention
+    return ap.AttnProcessor2_0()  # UNet SD/SDXL, PixArt (self and cross)
+
+
+class SparseAttnProcessor:
+    """Sparse self-attention processor (Re-ttention reshape, SparseD cached patterns) around a stock processor.
+
+    Drop-in: `model.set_attn_processor(SparseAttnProcessor(config))` — each module then runs its family's stock
+    processor with sparse SDPA. `enable_sparse_attention` builds one per module around the module's own processor
+    and adds the denoiser clock (timestep-aware schedule, token layout for the window pattern).
+    """
+
+    def __init__(
+        self, config: SparseAttentionConfig, processor: object | None = None, *, name: str | None = None,
+        store: PatternStore | None = None,
+    ) -> None:  # fmt: skip
+        if not isinstance(config, SparseAttentionConfig):
+            raise TypeError(f"config must be an unbottle.SparseAttentionConfig, got {type(config).__name__}")
+        self.config, self.processor, self.name = config, processor, name
+        self.store = store if store is not None else PatternStore()
+        self._layers: dict[int, SparseLayer] = {}
+        self._inner: dict[int, object] = {}
+
+    def _layer(self, attn: torch.nn.Module) -> SparseLayer:
+        layer = self._layers.get(id(attn))
+        if layer is None:
+            name = self.name or f"layer{len(self._layers)}"
+            layer = SparseLayer(name, self.config, layer_state_hook(attn), self.store)
+            self._layers[id(attn)] = layer
+        return layer
+
+    def __call__(
+        self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, *args, image_rotary_emb=None, rotary_emb=None, temb=None,
+        **kwargs,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        inner = self.processor
+        if inner is None:
+            inner = self._inner.get(id(attn))
+            if inner is None:
+                inner = self._inner[id(attn)] = stock_processor_for(attn, encoder_hidden_states, image_rotary_emb)
+        named = {"image_rotary_emb": image_rotary_emb, "rotary_emb": rotary_emb, "temb": temb}
+        kwargs.update({key: value for key, value in named.items() if value is not None})
+        call_args = (attn, hidden_states, encoder_hidden_states, attention_mask, *args)
+        if getattr(attn, "is_cross_attention", False):
+            return inner(*call_args, **kwargs)
+        catch = _CatchSDPA(self._layer(attn))
+        with catch:
+            out = inner(*call_args, **kwargs)
+        if catch.calls == 0:
+            raise RuntimeError(
+                f"unbottle sparse attention: {type(inner).__name__} on {type(attn).__name__} made no "
+                "scaled_dot_product_attention call; set the model's attention backend to 'native' "
+                "(model.reset_attention_backend()) to use sparse attention"
+            )
+        return out

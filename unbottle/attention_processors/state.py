@@ -1,0 +1,173 @@
+"""Step awareness without the user's help: per-branch clocks on the denoiser, per-branch statistics on each layer.
+
+Both are stateful diffusers hooks, so a pipeline's `cache_context("cond"/"uncond")` switches their branch and its
+end-of-call `_reset_stateful_cache()` clears them. The denoiser clock also spots a new generation by itself (the
+timestep went up, or the context's step index went back), which covers pipelines without either seam.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .layout import TokenLayout
+
+MODEL_HOOK = "unbottle_sparse_clock"
+LAYER_HOOK = "unbottle_sparse_layer"
+NO_BRANCH = "_"
+
+
+class _ContextOnly(BaseState):
+    """Placeholder state: our StateManagers only receive diffusers' cache context (the branch name)."""
+
+    def reset(self) -> None:
+        pass
+
+
+def _branch(manager: StateManager) -> str:
+    context = manager._context
+    return context.name if context is not None else NO_BRANCH
+
+
+@dataclass(frozen=True)
+class ForwardInfo:
+    """What the denoiser clock knows about the current forward, read by every sparse layer inside it."""
+
+    step: int  # 0-based denoising step of this branch
+    num_steps: int | None  # steps in this generation, if known
+    timestep: float | None
+    first_timestep: float | None  # of this generation
+    full_until: int | None  # first step below the full-steps timestep threshold (fraction schedules, steps unknown)
+    layout: TokenLayout | None
+
+
+CURRENT_FORWARD: contextvars.ContextVar[ForwardInfo | None] = contextvars.ContextVar("unbottle_forward", default=None)
+
+
+@dataclass
+class _Clock:
+    step: int = -1
+    last_timestep: float | None = None
+    last_index: int | None = None
+    first_timestep: float | None = None
+    full_until: int | None = None
+
+    def advance(self, timestep: float | None, step_index: int | None) -> bool:
+        """Move to this forward's step; True when it starts a new generation."""
+        if step_index is not None:
+            new = self.last_index is None or step_index <= self.last_index
+            self.step, self.last_index = step_index, step_index
+        elif timestep is not None:
+            new = self.last_timestep is None or timestep > self.last_timestep
+            if new:
+                self.step = 0
+            elif timestep < self.last_timestep:
+                self.step += 1
+        else:  # nothing to go by: every forward is a step
+            new = self.step < 0
+            self.step += 1
+        if new:
+            self.first_timestep, self.full_until = timestep, None
+            if step_index is not None:
+                self.step = step_index
+        if timestep is not None:
+            self.last_timestep = timestep
+        return new
+
+
+class ModelClockHook(ModelHook):
+    """On the denoiser: tracks the step per CFG branch and publishes `ForwardInfo` for the layers of each forward."""
+
+    _is_stateful = True
+
+    def __init__(
+        self, read_call: Callable[[torch.nn.Module, dict], tuple[float | None, TokenLayout | None]],
+        on_new_generation: Callable[[str], None], num_steps: Callable[[], int | None] | None = None,
+        full_fraction: float | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.contexts = StateManager(_ContextOnly)
+        self.read_call, self.on_new_generation, self.num_steps = read_call, on_new_generation, num_steps
+        self.full_fraction = full_fraction
+        self.clocks: dict[str, _Clock] = {}
+        self._signature: inspect.Signature | None = None
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if self._signature is None:
+            self._signature = inspect.signature(self.fn_ref.original_forward)
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        timestep, layout = self.read_call(module, bound)
+        context = self.contexts._context
+        branch = context.name if context is not None else NO_BRANCH
+        clock = self.clocks.setdefault(branch, _Clock())
+        if clock.advance(timestep, getattr(context, "step_index", None)):
+            self.on_new_generation(branch)
+        num_steps = getattr(context, "num_inference_steps", None) or (self.num_steps() if self.num_steps else None)
+        if (
+            self.full_fraction is not None and num_steps is None and clock.full_until is None
+            and timestep is not None and clock.first_timestep
+            and timestep <= clock.first_timestep * (1.0 - self.full_fraction)
+        ):  # fmt: skip
+            clock.full_until = clock.step
+        info = ForwardInfo(clock.step, num_steps, timestep, clock.first_timestep, clock.full_until, layout)
+        token = CURRENT_FORWARD.set(info)
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            CURRENT_FORWARD.reset(token)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.clocks.clear()
+        return module
+
+
+@dataclass
+class LayerState:
+    """One layer's statistics for one CFG branch."""
+
+    rho: torch.Tensor | None = None  # (B, H, N, 1) fp32
+    residual: torch.Tensor | None = None  # (B, H, N, D)
+    sparse_since_refresh: int = 0
+    calls: int = 0  # steps counted by calls, when no denoiser clock is installed
+
+
+class LayerStateHook(ModelHook):
+    """On a sparse attention module: its statistics per CFG branch (diffusers' cache context names the branch)."""
+
+    _is_stateful = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts = StateManager(_ContextOnly)
+        self.states: dict[str, LayerState] = {}
+
+    def state(self) -> LayerState:
+        return self.states.setdefault(_branch(self.contexts), LayerState())
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.states.clear()
+        return module
+
+
+def layer_state_hook(module: torch.nn.Module) -> LayerStateHook:
+    """The module's LayerStateHook, registered on first use."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    hook = registry.get_hook(LAYER_HOOK)
+    if hook is None:
+        hook = LayerStateHook()
+        registry.register_hook(hook, LAYER_HOOK)
+    return hook
+
+
+@dataclass
+class PatternStore:
+    """Patterns shared by all layers of one enable call: cached per (layer, tokens, block size); computation counts."""
+
+    patterns: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=dict)  # pattern computations per layer (tests count them)
