@@ -111,8 +111,12 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     FamilyAdapter("PixArt", ("PixArtTransformer2DModel",), r"^transformer_blocks\.\d+\.attn1$", _pixart),
     FamilyAdapter("CogVideoX", ("CogVideoXTransformer3DModel",), r"^transformer_blocks\.\d+\.attn1$", _cogvideox),
     FamilyAdapter("Wan", ("WanTransformer3DModel",), r"^blocks\.\d+\.attn1$", _wan),
-    FamilyAdapter("HunyuanVideo", ("HunyuanVideoTransformer3DModel",), r"^(single_)?transformer_blocks\.\d+\.attn$",
-                  _hunyuan_video),  # fmt: skip
+    FamilyAdapter(
+        "HunyuanVideo",
+        ("HunyuanVideoTransformer3DModel",),
+        r"^(single_)?transformer_blocks\.\d+\.attn$",
+        _hunyuan_video,
+    ),  # fmt: skip
     FamilyAdapter("LTX-Video", ("LTXVideoTransformer3DModel",), r"^transformer_blocks\.\d+\.attn1$", _ltx),
     FamilyAdapter("UNet SD/SDXL", ("UNet2DConditionModel",), r"\.attn1$", _unet),
 )

@@ -9,14 +9,18 @@ from __future__ import annotations
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from .reference import block_sparse_attention_reference
+from .reference import block_sparse_attention_reference, dense_attention_reference
 
 _compiled_flex = None
+_dense_lse_backend: str | None = None  # which CUDA route gave a correct LSE on its first use
 
 
 def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None):
     global _compiled_flex
     if _compiled_flex is None:
+        # one compiled graph per shape; past the recompile limit dynamo would fall back to eager FlexAttention, which
+        # ignores full-tile block structure, so leave room for the shapes of a real pipeline (stages, CFG, sizes)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     out, lse = _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
     return out, lse
@@ -42,3 +46,48 @@ def block_sparse_attention(
     else:
         out, lse = block_sparse_attention_reference(q, k, v, block_mask, scale=scale)
     return (out, lse) if return_lse else out
+
+
+def _dense_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, backend: str):
+    if backend == "cudnn":
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, False, False, scale=scale
+        )[:2]
+    elif backend == "flash":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+    else:
+        from .block_mask import num_blocks, pattern_to_block_mask
+
+        nk = num_blocks(k.shape[2], 128)
+        nq = num_blocks(q.shape[2], 128)
+        indices = torch.arange(nk, device=q.device, dtype=torch.int32).expand(1, 1, nq, nk)
+        counts = torch.full((1, 1, nq), nk, device=q.device, dtype=torch.int32)
+        out, lse = _flex(q, k, v, pattern_to_block_mask(indices, counts, 128, q.shape[2], k.shape[2]), scale)
+    return out, lse.float().reshape(q.shape[:3])
+
+
+def dense_attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Exact attention (B, H, N, D) and its natural-log row LSE (B, H, N): cuDNN/flash/FlexAttention on CUDA (the
+    first route whose LSE matches the reference on a probe is kept), the PyTorch reference on CPU or with a mask."""
+    global _dense_lse_backend
+    if not q.is_cuda or attn_mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
+        return dense_attention_reference(q, k, v, attn_mask=attn_mask, scale=scale)
+    if _dense_lse_backend is None:
+        probe = [torch.randn(1, 2, 300, q.shape[-1], device=q.device, dtype=q.dtype) for _ in range(3)]
+        _, ref = dense_attention_reference(*probe)
+        for backend in ("cudnn", "flash", "flex"):
+            try:
+                _, lse = _dense_cuda(*probe, None, backend)
+            except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+                continue
+            if lse.shape == ref.shape and torch.allclose(lse, ref, atol=2e-2, rtol=0):
+                _dense_lse_backend = backend
+                break
+        else:
+            _dense_lse_backend = "reference"
+    if _dense_lse_backend == "reference":
+        return dense_attention_reference(q, k, v, scale=scale)
+    return _dense_cuda(q, k, v, scale, _dense_lse_backend)

@@ -13,21 +13,16 @@ from dataclasses import dataclass
 import torch
 
 from .block_mask import num_blocks, pattern_to_block_mask
-from .block_sparse import block_sparse_attention
+from .block_sparse import block_sparse_attention, dense_attention_with_lse
 from .config import SparseAttentionConfig
 from .layout import TokenLayout
 from .patterns import exact_block_importance, forced_blocks, pooled_scores, select_blocks, window_scores
-from .reference import block_sparse_attention_reference, dense_attention_reference
+from .reference import block_sparse_attention_reference
 from .reshape import apply_reshape, capture_statistics
 from .schedule import StepKind, step_kind
 from .state import CURRENT_FORWARD, ForwardInfo, LayerState, LayerStateHook, PatternStore
 
 ASSUMED_NUM_STEPS = 50  # for a fractional `full_steps` when nothing tells the number of steps (drop-in, no clock)
-
-
-def dense_attention_with_lse(q, k, v, attn_mask, scale):
-    """Exact attention and its LSE: the reference (fp32 math, chunked) everywhere; fast paths plug in here."""
-    return dense_attention_reference(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
 @dataclass
@@ -65,29 +60,37 @@ class SparseLayer:
         return step_kind(step, full, cfg.refresh_every, needs_statistics=cfg.reshape)
 
     # -- patterns ---------------------------------------------------------------------------------------------------
+    def _forced(self, layout, n, device):
+        key = (n, self.config.block_size, layout)
+        if key not in self.store.forced:
+            self.store.forced[key] = forced_blocks(layout, n, self.config.block_size, device)
+        return self.store.forced[key]
+
     def _pattern(self, q, k, scale, layout, lse_full=None, attn_mask=None):
+        """The block mask of this call: dynamic → from this step's pooled q·k; window/cached → made once, reused."""
         cfg, n = self.config, q.shape[2]
         bs = cfg.block_size
-        forced = forced_blocks(layout, n, bs, q.device)
         if cfg.pattern == "dynamic":
-            return select_blocks(pooled_scores(q, k, bs, scale), forced, cfg.density)
+            indices, counts = select_blocks(pooled_scores(q, k, bs, scale), self._forced(layout, n, q.device),
+                                            cfg.density)  # fmt: skip
+            return pattern_to_block_mask(indices, counts, bs, n, k.shape[2])
         key = (self.name, n, bs)
         if key not in self.store.patterns:
             if cfg.pattern == "window":
                 scores = window_scores(layout, n, bs, q.device)
             else:  # cached: SparseD's exact tile importance, once per layer and resolution
-                if lse_full is None:
+                if lse_full is None:  # only the LSE is needed: a 1-wide value tensor keeps this pass cheap
                     lse_full = dense_attention_with_lse(q, k, k[..., :1], attn_mask, scale)[1]
                 scores = exact_block_importance(q, k, lse_full, bs, scale)
-            self.store.patterns[key] = select_blocks(scores, forced, cfg.density)
+            self.store.patterns[key] = select_blocks(scores, self._forced(layout, n, q.device), cfg.density)
             self.store.computed[self.name] = self.store.computed.get(self.name, 0) + 1
-        indices, counts = self.store.patterns[key]
-        return indices.to(q.device), counts.to(q.device)
+        mask = self.store.block_masks.get(key)
+        if mask is None or mask.kv_num_blocks.device != q.device:
+            indices, counts = (t.to(q.device) for t in self.store.patterns[key])
+            mask = self.store.block_masks[key] = pattern_to_block_mask(indices, counts, bs, n, k.shape[2])
+        return mask
 
-    def _sparse(self, q, k, v, pattern, scale, attn_mask):
-        indices, counts = pattern
-        n = q.shape[2]
-        block_mask = pattern_to_block_mask(indices, counts, self.config.block_size, n, k.shape[2])
+    def _sparse(self, q, k, v, block_mask, scale, attn_mask):
         if attn_mask is not None:  # the fast paths take no extra mask yet: the reference honours it
             return block_sparse_attention_reference(q, k, v, block_mask, scale=scale, attn_mask=attn_mask)
         return block_sparse_attention(q, k, v, block_mask, scale=scale, return_lse=True)

@@ -78,5 +78,6 @@ def load_head_patterns(pipe_or_model: object, path: str | Path) -> int:
             raise ValueError(f"head patterns in {str(path)!r} name layer {layer!r}, which this model does not have")
         counts = tensors[f"{layer}|{n}|{block_size}|counts"]
         handle.store.patterns[(layer, int(n), int(block_size))] = (indices, counts)
+        handle.store.block_masks.pop((layer, int(n), int(block_size)), None)
         loaded += 1
     return loaded

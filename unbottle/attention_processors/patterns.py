@@ -77,7 +77,7 @@ def exact_block_importance(
     chunk = max(block_size, chunk // block_size * block_size)
     rows = []
     for start in range(0, n, chunk):
-        s = torch.matmul(q[:, :, start : start + chunk].float(), k.float().transpose(-1, -2)) * scale  # (B, H, c, Nk)
+        s = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)).float() * scale  # (B, H, c, Nk)
         p = torch.exp(s - lse[:, :, start : start + chunk, None].float())
         c = p.shape[2]
         p = F.pad(p, (0, nkb * block_size - n_kv, 0, math.ceil(c / block_size) * block_size - c))

@@ -171,3 +171,5 @@ class PatternStore:
 
     patterns: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     computed: dict[str, int] = field(default_factory=dict)  # pattern computations per layer (tests count them)
+    block_masks: dict = field(default_factory=dict)  # the patterns as FlexAttention BlockMasks, on their device
+    forced: dict = field(default_factory=dict)  # (tokens, block size, layout) -> (nQ, nK) always-kept tiles
