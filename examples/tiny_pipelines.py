@@ -1,6 +1,6 @@
 """Build every tiny offline fixture, run it for two steps and save a contact sheet: what `unbottle.testing` gives.
 
-    python examples/tiny_pipelines.py -o tiny.png      # offline, CPU, a few seconds
+python examples/tiny_pipelines.py -o tiny.png      # offline, CPU, a few seconds
 """
 
 from __future__ import annotations

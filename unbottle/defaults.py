@@ -23,6 +23,7 @@ class EmbeddedDefault:
     width: int | None = None
     frames: int | None = None
     steps: int = 4
+    sparse_block_size: int = 4  # tokens per sparse-attention block: the tiny default has few tokens per layer
 
 
 def _tiny_wan(device: str | torch.device, dtype: torch.dtype) -> object:

@@ -23,5 +23,5 @@ def apply_reshape(
     out_sparse: torch.Tensor, rho: torch.Tensor, residual: torch.Tensor, growth: float, steps_since_refresh: int
 ) -> torch.Tensor:
     """ρ_k·O_sparse + R for the k-th sparse step after a refresh (k = 0 first), ρ_k = ρ + growth·k."""
-    rho_k = rho + growth * steps_since_refresh
-    return (rho_k * out_sparse.float() + residual.float()).to(out_sparse.dtype)
+    rho_k = (rho + growth * steps_since_refresh).to(out_sparse.dtype)  # (B, H, N, 1)
+    return torch.addcmul(residual.to(out_sparse.dtype), rho_k, out_sparse)  # one fused pass in the model's dtype

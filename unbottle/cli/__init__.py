@@ -61,6 +61,11 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
     sub.add_argument("--negative-prompt", help="negative prompt, for models that take one")
     _run_options(sub)
     sub.add_argument("--sparse", type=_density, metavar="DENSITY", help="sparse attention at this block density")
+    sub.add_argument("--sparse-pattern", choices=["cached", "dynamic", "window"], default="cached",
+                     help="which blocks: cached (SparseD, default), dynamic, window")  # fmt: skip
+    sub.add_argument("--no-reshape", action="store_true", help="no Re-ttention statistical reshape")
+    sub.add_argument("--sparse-block-size", type=_positive_int("--sparse-block-size"),
+                     help="tokens per block (default 128; the embedded default model uses 4)")  # fmt: skip
     sub.add_argument("--bottleneck", metavar="PRESET", help="bottleneck (high-low-high) sampling preset")
     sub.add_argument("--structured", action="store_true", help="structured cross-attention guidance")
     sub.add_argument("--rewards", metavar="NAME[:W],...", help="rewards for noise exploration/optimization")
@@ -137,6 +142,8 @@ def _run(args: argparse.Namespace) -> int:
         feature, issue = PENDING_VERBS[args.verb if args.verb == "batch" else f"bench {args.suite}"]
         raise UsageError(f"{feature} is not available yet (issue #{issue})")
     check_feature_flags(args)
+    if args.verb == "text" and args.sparse is not None:
+        raise UsageError("--sparse: sparse attention for diffusion LMs is not available yet (issue #9)")
     if not args.prompt.strip():
         raise UsageError("PROMPT must not be empty")
 
@@ -150,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=args.quiet)
     steps = args.steps if args.steps is not None else (default.steps if default else None)
+    if getattr(args, "sparse", None) is not None:
+        _enable_sparse(pipe, args, default)
 
     from .generate import generate_image, generate_text, generate_video
 
@@ -170,6 +179,24 @@ def _run(args: argparse.Namespace) -> int:
         path = generate_video(pipe, args.prompt, output, frames=frames, fps=args.fps, **common)
     print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _enable_sparse(pipe: object, args: argparse.Namespace, default: object | None) -> None:
+    import unbottle
+
+    block = args.sparse_block_size or (default.sparse_block_size if default else 128)
+    config = unbottle.SparseAttentionConfig(
+        density=args.sparse, pattern=args.sparse_pattern, reshape=not args.no_reshape, block_size=block
+    )
+    try:
+        handle = unbottle.enable_sparse_attention(pipe, config)
+    except ValueError as e:
+        raise UsageError(f"--sparse: {e}") from e
+    print(
+        f"sparse attention: density {config.density}, {config.pattern} pattern, block {config.block_size}, reshape "
+        f"{'on' if config.reshape else 'off'}, {len(handle.layer_hooks)} self-attention layers",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
