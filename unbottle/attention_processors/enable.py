@@ -9,9 +9,10 @@ from diffusers.hooks import HookRegistry
 
 from .._pending import PendingFeatureError
 from .adapters import FamilyAdapter, adapter_for
+from .attach import attach, scheduler_steps, sparse_modules
 from .config import SparseAttentionConfig
 from .processor import SparseAttnProcessor
-from .state import LAYER_HOOK, MODEL_HOOK, LayerStateHook, ModelClockHook, PatternStore, layer_state_hook
+from .state import LAYER_HOOK, MODEL_HOOK, LayerStateHook, PatternStore
 
 HANDLE_ATTR = "_unbottle_sparse"
 
@@ -68,41 +69,38 @@ def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig
         raise TypeError(f"config must be an unbottle.SparseAttentionConfig, got {type(config).__name__}")
     model, pipe = denoiser_of(pipe_or_model)
     adapter = adapter_for(model)
-    if getattr(model, HANDLE_ATTR, None) is not None:
+    if getattr(model, HANDLE_ATTR, None) is not None or any(
+        isinstance(p, SparseAttnProcessor) for p in model.attn_processors.values()
+    ):
         raise RuntimeError(
             f"sparse attention is already enabled on this {type(model).__name__}; call "
             "unbottle.disable_sparse_attention first to change its config"
         )
+    selected = sparse_modules(model, adapter)
+    if not selected:
+        raise ValueError(f"found no self-attention module in {type(model).__name__} to make sparse")
     originals = dict(model.attn_processors)
     store = PatternStore()
-    modules = dict(model.named_modules())
-    handle = SparseAttentionHandle(model, config, adapter, originals, store)
     processors = {}
     for key, processor in originals.items():
         name = key.removesuffix(".processor")
-        if adapter.selects(name) and not getattr(modules[name], "is_cross_attention", False):
-            processors[key] = SparseAttnProcessor(config, processor, name=name, store=store)
-            handle.layer_hooks[name] = layer_state_hook(modules[name])
-        else:
-            processors[key] = processor
-    if not handle.layer_hooks:
-        raise ValueError(f"found no self-attention module in {type(model).__name__} to make sparse")
+        processors[key] = (
+            SparseAttnProcessor(config, processor, name=name, store=store) if name in selected else processor
+        )
     model.set_attn_processor(processors)
-
-    def on_new_generation(branch: str) -> None:
-        for hook in handle.layer_hooks.values():
-            hook.states.pop(branch, None)
-
-    def num_steps() -> int | None:
-        steps = getattr(getattr(pipe, "scheduler", None), "num_inference_steps", None)
-        return int(steps) if isinstance(steps, int) and steps > 0 else None
-
-    fraction = config.full_steps if isinstance(config.full_steps, float) else None
-    clock = ModelClockHook(lambda m, bound: adapter.read_call(m, bound), on_new_generation,
-                           num_steps if pipe is not None else None, fraction)  # fmt: skip
-    HookRegistry.check_if_exists_or_initialize(model).register_hook(clock, MODEL_HOOK)
+    attachment = attach(model, config, scheduler_steps(pipe) if pipe is not None else None)
+    handle = SparseAttentionHandle(model, config, adapter, originals, store, attachment.layer_hooks)
     setattr(model, HANDLE_ATTR, handle)
     return handle
+
+
+def _detach(model: torch.nn.Module) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    registry.remove_hook(MODEL_HOOK, recurse=False)
+    for module in model.modules():
+        if hasattr(module, "_diffusers_hook") and module._diffusers_hook.get_hook(LAYER_HOOK) is not None:
+            module._diffusers_hook.remove_hook(LAYER_HOOK, recurse=False)
+    registry.invalidate_child_registries_cache()
 
 
 def disable_sparse_attention(pipe_or_model: object) -> None:
@@ -121,15 +119,14 @@ def disable_sparse_attention(pipe_or_model: object) -> None:
         for key, processor in current.items():
             module = modules[key.removesuffix(".processor")]
             if isinstance(processor, SparseAttnProcessor):
-                processor = processor.processor or processor._inner.get(id(module))
+                processor = processor.stock_processor(module)
                 if processor is None:  # never called: the family's default
                     processor = module._default_processor_cls() if hasattr(module, "_default_processor_cls") else None
             restored[key] = processor
         if any(p is None for p in restored.values()):
             raise RuntimeError("cannot tell the stock processors of a drop-in SparseAttnProcessor that never ran")
         model.set_attn_processor(restored)
-    registry = HookRegistry.check_if_exists_or_initialize(model)
-    registry.remove_hook(MODEL_HOOK, recurse=False)
-    for module in model.modules():
-        if hasattr(module, "_diffusers_hook") and module._diffusers_hook.get_hook(LAYER_HOOK) is not None:
-            module._diffusers_hook.remove_hook(LAYER_HOOK, recurse=False)
+        for processor in current.values():
+            if isinstance(processor, SparseAttnProcessor):
+                processor.forget()
+    _detach(model)

@@ -20,7 +20,7 @@ from .patterns import exact_block_importance, forced_blocks, pooled_scores, sele
 from .reference import block_sparse_attention_reference
 from .reshape import apply_reshape, capture_statistics
 from .schedule import StepKind, step_kind
-from .state import CURRENT_FORWARD, ForwardInfo, LayerState, LayerStateHook, PatternStore
+from .state import CURRENT_FORWARD, ForwardInfo, LayerState, LayerStateHook, ModelClockHook, PatternStore
 
 ASSUMED_NUM_STEPS = 50  # for a fractional `full_steps` when nothing tells the number of steps (drop-in, no clock)
 
@@ -33,6 +33,7 @@ class SparseLayer:
     config: SparseAttentionConfig
     hook: LayerStateHook
     store: PatternStore
+    clock: ModelClockHook | None = None  # drop-in form: the clock attached mid-forward holds that forward's info
     _warned: bool = False
 
     # -- schedule ---------------------------------------------------------------------------------------------------
@@ -74,14 +75,15 @@ class SparseLayer:
             indices, counts = select_blocks(pooled_scores(q, k, bs, scale), self._forced(layout, n, q.device),
                                             cfg.density)  # fmt: skip
             return pattern_to_block_mask(indices, counts, bs, n, k.shape[2])
-        key = (self.name, n, bs)
+        (f, h, w), text_len, text_first = layout.resolve(n)
+        key = (self.name, n, bs, f, h, w, text_len, text_first)  # same token count, other grid: another pattern
         if key not in self.store.patterns:
             if cfg.pattern == "window":
                 scores = window_scores(layout, n, bs, q.device)
             else:  # cached: SparseD's exact tile importance, once per layer and resolution
                 if lse_full is None:  # only the LSE is needed: a 1-wide value tensor keeps this pass cheap
                     lse_full = dense_attention_with_lse(q, k, k[..., :1], attn_mask, scale)[1]
-                scores = exact_block_importance(q, k, lse_full, bs, scale)
+                scores = exact_block_importance(q, k, lse_full, bs, scale, attn_mask=attn_mask)
             self.store.patterns[key] = select_blocks(scores, self._forced(layout, n, q.device), cfg.density)
             self.store.computed[self.name] = self.store.computed.get(self.name, 0) + 1
         mask = self.store.block_masks.get(key)
@@ -99,11 +101,15 @@ class SparseLayer:
     def attend(self, q, k, v, attn_mask=None, scale=None) -> torch.Tensor | None:
         """Sparse attention for this call, or None when this step runs the stock dense SDPA."""
         cfg = self.config
+        if cfg.density >= 1.0:
+            return None  # every block: the stock SDPA is the exact and fastest answer
         info = CURRENT_FORWARD.get()
+        if info is None and self.clock is not None:
+            info = self.clock.pending
         state = self.hook.state()
         kind = self._kind(info, state)
         state.calls += 1
-        if cfg.density >= 1.0 or kind is StepKind.DENSE:
+        if kind is StepKind.DENSE:
             return None
         n = q.shape[2]
         if num_blocks(n, cfg.block_size) < 2:

@@ -33,15 +33,16 @@ def save_head_patterns(pipe_or_model: object, path: str | Path) -> Path:
     """Write the cached per-layer, per-head block patterns (SparseD) to a safetensors file."""
     handle = _handle(pipe_or_model)
     tensors = {}
-    for (layer, n, block_size), (indices, counts) in handle.store.patterns.items():
-        tensors[f"{layer}|{n}|{block_size}|indices"] = indices.detach().cpu().contiguous()
-        tensors[f"{layer}|{n}|{block_size}|counts"] = counts.detach().cpu().contiguous()
+    for key, (indices, counts) in handle.store.patterns.items():
+        prefix = "|".join(str(part) for part in key)  # layer|tokens|block|frames|height|width|text|text_first
+        tensors[f"{prefix}|indices"] = indices.detach().cpu().contiguous()
+        tensors[f"{prefix}|counts"] = counts.detach().cpu().contiguous()
     if not tensors:
         raise RuntimeError("no head patterns are cached yet: run the pipeline once with sparse attention enabled")
     cfg = handle.config
     metadata = {
         "model_class": type(handle.model).__name__, "config_hash": config_hash(handle.model),
-        "pattern": cfg.pattern, "density": repr(cfg.density), "block_size": str(cfg.block_size), "format": "1",
+        "pattern": cfg.pattern, "density": repr(cfg.density), "block_size": str(cfg.block_size), "format": "2",
     }  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,14 +71,15 @@ def load_head_patterns(pipe_or_model: object, path: str | Path) -> int:
     tensors = load_file(str(path))
     layers = {name for name in handle.layer_hooks}
     loaded = 0
-    for key, indices in tensors.items():
-        layer, n, block_size, kind = key.rsplit("|", 3)
+    for name, indices in tensors.items():
+        prefix, kind = name.rsplit("|", 1)
         if kind != "indices":
             continue
+        layer, *numbers, text_first = prefix.split("|")
         if layer not in layers:
             raise ValueError(f"head patterns in {str(path)!r} name layer {layer!r}, which this model does not have")
-        counts = tensors[f"{layer}|{n}|{block_size}|counts"]
-        handle.store.patterns[(layer, int(n), int(block_size))] = (indices, counts)
-        handle.store.block_masks.pop((layer, int(n), int(block_size)), None)
+        key = (layer, *(int(x) for x in numbers), text_first == "True")
+        handle.store.patterns[key] = (indices, tensors[f"{prefix}|counts"])
+        handle.store.block_masks.pop(key, None)
         loaded += 1
     return loaded

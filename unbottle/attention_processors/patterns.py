@@ -68,8 +68,9 @@ def pooled_scores(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: floa
 
 
 def exact_block_importance(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, block_size: int, scale: float, chunk: int = 1024
-) -> torch.Tensor:
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, block_size: int, scale: float, chunk: int = 1024,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """(1, H, nQ, nK) mean softmax probability per tile under exact attention, averaged over the batch (SparseD)."""
     b, h, n, _ = q.shape
     n_kv = k.shape[2]
@@ -78,6 +79,9 @@ def exact_block_importance(
     rows = []
     for start in range(0, n, chunk):
         s = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)).float() * scale  # (B, H, c, Nk)
+        if attn_mask is not None:  # masked keys carry no probability (bool: keep where True; else additive)
+            m = attn_mask[..., start : start + chunk, :] if attn_mask.shape[-2] > 1 else attn_mask
+            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
         p = torch.exp(s - lse[:, :, start : start + chunk, None].float())
         c = p.shape[2]
         p = F.pad(p, (0, nkb * block_size - n_kv, 0, math.ceil(c / block_size) * block_size - c))

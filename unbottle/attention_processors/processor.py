@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .attach import Attachment, attach, first_forward_info, running_denoiser, scheduler_steps
 from .config import SparseAttentionConfig
 from .engine import SparseLayer
 from .state import PatternStore, layer_state_hook
@@ -52,8 +53,10 @@ def stock_processor_for(attn: torch.nn.Module, encoder_hidden_states, image_rota
     if hasattr(attn, "_default_processor_cls"):  # Flux, Wan, LTX (AttentionModuleMixin)
         return attn._default_processor_cls()
     joint = getattr(attn, "add_q_proj", None) is not None
-    if image_rotary_emb is not None and (joint or encoder_hidden_states is None):
-        return ap.HunyuanVideoAttnProcessor2_0()  # HunyuanVideo double (joint) and single-stream blocks
+    if image_rotary_emb is not None and (joint or getattr(attn, "to_out", None) is None):
+        from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+        return HunyuanVideoAttnProcessor2_0()  # HunyuanVideo double (joint) and single-stream blocks
     if encoder_hidden_states is not None and not joint and not getattr(attn, "is_cross_attention", False):
         return ap.CogVideoXAttnProcessor2_0()  # CogVideoX: text concatenated inside the processor
     if joint:
@@ -79,12 +82,40 @@ class SparseAttnProcessor:
         self.store = store if store is not None else PatternStore()
         self._layers: dict[int, SparseLayer] = {}
         self._inner: dict[int, object] = {}
+        self._attachment: Attachment | None | bool = None  # drop-in: None = not looked yet, False = no denoiser
 
-    def _layer(self, attn: torch.nn.Module) -> SparseLayer:
+    def stock_processor(self, attn: torch.nn.Module) -> object | None:
+        """The processor this one wraps for `attn` (None for a drop-in that never ran on it)."""
+        return self.processor if self.processor is not None else self._inner.get(id(attn))
+
+    def forget(self) -> None:
+        """Drop the drop-in form's per-module state (after `disable_sparse_attention`)."""
+        self._layers.clear()
+        self._inner.clear()
+        self._attachment = None
+
+    def _drop_in_attach(self, attn: torch.nn.Module) -> None:
+        """Drop-in form, first call: find the running denoiser and give it the clock and statistics hooks."""
+        self._attachment = False  # looked once
+        found = running_denoiser()
+        if found is None:
+            return
+        model, bound, pipe = found
+        self._attachment = attach(model, self.config, scheduler_steps(pipe) if pipe is not None else None)
+        first_forward_info(self._attachment, bound)  # this forward began before the clock: its info waits there
+
+    def _layer(self, attn: torch.nn.Module) -> SparseLayer | None:
+        """This module's sparse layer, or None when the drop-in form runs on a module the family keeps dense."""
         layer = self._layers.get(id(attn))
         if layer is None:
-            name = self.name or f"layer{len(self._layers)}"
-            layer = SparseLayer(name, self.config, layer_state_hook(attn), self.store)
+            name = self.name
+            if self.processor is None and self._attachment:  # drop-in: names and selection from the attachment
+                name = self._attachment.names.get(id(attn))
+                if name is None:
+                    return None
+            clock = self._attachment.clock if self.processor is None and self._attachment else None
+            layer = SparseLayer(name or f"layer{len(self._layers)}", self.config, layer_state_hook(attn), self.store,
+                                clock)  # fmt: skip
             self._layers[id(attn)] = layer
         return layer
 
@@ -101,9 +132,12 @@ class SparseAttnProcessor:
         named = {"image_rotary_emb": image_rotary_emb, "rotary_emb": rotary_emb, "temb": temb}
         kwargs.update({key: value for key, value in named.items() if value is not None})
         call_args = (attn, hidden_states, encoder_hidden_states, attention_mask, *args)
-        if getattr(attn, "is_cross_attention", False):
+        if self.processor is None and self._attachment is None:
+            self._drop_in_attach(attn)
+        layer = None if getattr(attn, "is_cross_attention", False) else self._layer(attn)
+        if layer is None:
             return inner(*call_args, **kwargs)
-        catch = _CatchSDPA(self._layer(attn))
+        catch = _CatchSDPA(layer)
         with catch:
             out = inner(*call_args, **kwargs)
         if catch.calls == 0:

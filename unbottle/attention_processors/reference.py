@@ -82,7 +82,8 @@ def block_sparse_attention_reference(
         if part.any():
             bi = torch.arange(b, device=q.device).view(b, 1, 1, 1, 1)
             hi = torch.arange(h, device=q.device).view(1, h, 1, 1, 1)
-            elem = block_mask.mask_mod(bi, hi, q_idx, kv_idx).bool()
+            # padded positions past the sequence are masked anyway; clamp them so index-based mask_mods stay in range
+            elem = block_mask.mask_mod(bi, hi, q_idx.clamp(max=n_q - 1), kv_idx.clamp(max=n_kv - 1)).bool()
             keep = keep & (~part.repeat_interleave(kv_bs, -1)[..., None, :] | elem)
         if attn_mask is not None:
             gathered = _gather_mask(attn_mask, b, h, n_q, n_kv, start * q_bs, c * q_bs, kv_idx.clamp(max=n_kv - 1))

@@ -51,7 +51,9 @@ CURRENT_FORWARD: contextvars.ContextVar[ForwardInfo | None] = contextvars.Contex
 
 
 @dataclass
-class _Clock:
+class Clock:
+    """One CFG branch's position in the current generation."""
+
     step: int = -1
     last_timestep: float | None = None
     last_index: int | None = None
@@ -61,7 +63,8 @@ class _Clock:
     def advance(self, timestep: float | None, step_index: int | None) -> bool:
         """Move to this forward's step; True when it starts a new generation."""
         if step_index is not None:
-            new = self.last_index is None or step_index <= self.last_index
+            previous = self.last_index if self.last_index is not None else (self.step if self.step >= 0 else None)
+            new = previous is None or step_index <= previous
             self.step, self.last_index = step_index, step_index
         elif timestep is not None:
             new = self.last_timestep is None or timestep > self.last_timestep
@@ -89,23 +92,37 @@ class ModelClockHook(ModelHook):
     def __init__(
         self, read_call: Callable[[torch.nn.Module, dict], tuple[float | None, TokenLayout | None]],
         on_new_generation: Callable[[str], None], num_steps: Callable[[], int | None] | None = None,
-        full_fraction: float | None = None,
+        full_fraction: float | None = None, on_rename: Callable[[str, str], None] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.contexts = StateManager(_ContextOnly)
         self.read_call, self.on_new_generation, self.num_steps = read_call, on_new_generation, num_steps
-        self.full_fraction = full_fraction
-        self.clocks: dict[str, _Clock] = {}
+        self.full_fraction, self.on_rename = full_fraction, on_rename
+        self.clocks: dict[str, Clock] = {}
+        # set when the clock was attached during a forward whose CFG branch name had already gone by: that forward's
+        # state sits under NO_BRANCH until the branch that continues it (same branch, lower timestep) shows up
+        self.provisional = False
+        self.pending: ForwardInfo | None = None  # the attach-time forward's info, until the clock's first forward
         self._signature: inspect.Signature | None = None
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        self.pending = None
         if self._signature is None:
             self._signature = inspect.signature(self.fn_ref.original_forward)
         bound = self._signature.bind_partial(*args, **kwargs).arguments
         timestep, layout = self.read_call(module, bound)
         context = self.contexts._context
         branch = context.name if context is not None else NO_BRANCH
-        clock = self.clocks.setdefault(branch, _Clock())
+        if self.provisional and branch != NO_BRANCH and branch not in self.clocks:
+            earlier = self.clocks.get(NO_BRANCH)
+            if earlier is None or timestep is None or earlier.last_timestep is None:
+                self.provisional = False
+            elif timestep < earlier.last_timestep:  # the branch that continues the attach-time forward
+                self.clocks[branch] = self.clocks.pop(NO_BRANCH)
+                if self.on_rename is not None:
+                    self.on_rename(NO_BRANCH, branch)
+                self.provisional = False
+        clock = self.clocks.setdefault(branch, Clock())
         if clock.advance(timestep, getattr(context, "step_index", None)):
             self.on_new_generation(branch)
         num_steps = getattr(context, "num_inference_steps", None) or (self.num_steps() if self.num_steps else None)
