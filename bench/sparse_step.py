@@ -59,7 +59,7 @@ def check_gpu_paths(results: dict) -> None:
         print("check", row, flush=True)
         row["ok"] = row["sparse_out_rel_err"] < 1e-2 and row["dense_out_rel_err"] < 1e-2 and max(
             row["sparse_lse_max_abs_err"], row["dense_lse_max_abs_err"]) < 5e-2  # fmt: skip
-    results["dense_lse_backend"] = block_sparse._dense_lse_backend
+    results["dense_lse_backends"] = {str(k): b for k, b in block_sparse._dense_lse_backends.items()}
 
 
 def wan_1_3b() -> torch.nn.Module:

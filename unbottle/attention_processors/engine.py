@@ -67,7 +67,7 @@ class SparseLayer:
             self.store.forced[key] = forced_blocks(layout, n, self.config.block_size, device)
         return self.store.forced[key]
 
-    def _pattern(self, q, k, scale, layout, lse_full=None, attn_mask=None):
+    def _pattern(self, q, k, v, scale, layout, lse_full=None, attn_mask=None):
         """The block mask of this call: dynamic → from this step's pooled q·k; window/cached → made once, reused."""
         cfg, n = self.config, q.shape[2]
         bs = cfg.block_size
@@ -81,8 +81,8 @@ class SparseLayer:
             if cfg.pattern == "window":
                 scores = window_scores(layout, n, bs, q.device)
             else:  # cached: SparseD's exact tile importance, once per layer and resolution
-                if lse_full is None:  # only the LSE is needed: a 1-wide value tensor keeps this pass cheap
-                    lse_full = dense_attention_with_lse(q, k, k[..., :1], attn_mask, scale)[1]
+                if lse_full is None:  # a sparse step before any refresh (no reshape): one exact pass for the LSE
+                    lse_full = dense_attention_with_lse(q, k, v, attn_mask, scale)[1]
                 scores = exact_block_importance(q, k, lse_full, bs, scale, attn_mask=attn_mask)
             self.store.patterns[key] = select_blocks(scores, self._forced(layout, n, q.device), cfg.density)
             self.store.computed[self.name] = self.store.computed.get(self.name, 0) + 1
@@ -122,14 +122,14 @@ class SparseLayer:
         if kind is StepKind.REFRESH:
             out_full, lse_full = dense_attention_with_lse(q, k, v, attn_mask, scale)
             if cfg.reshape:
-                pattern = self._pattern(q, k, scale, layout, lse_full, attn_mask)
+                pattern = self._pattern(q, k, v, scale, layout, lse_full, attn_mask)
                 out_sparse, lse_sparse = self._sparse(q, k, v, pattern, scale, attn_mask)
                 state.rho, state.residual = capture_statistics(out_full, lse_full, out_sparse, lse_sparse)
                 state.sparse_since_refresh = 0
             elif cfg.pattern == "cached":
-                self._pattern(q, k, scale, layout, lse_full, attn_mask)
+                self._pattern(q, k, v, scale, layout, lse_full, attn_mask)
             return out_full
-        out_sparse, _ = self._sparse(q, k, v, self._pattern(q, k, scale, layout, None, attn_mask), scale, attn_mask)
+        out_sparse, _ = self._sparse(q, k, v, self._pattern(q, k, v, scale, layout, None, attn_mask), scale, attn_mask)
         if cfg.reshape:
             out = apply_reshape(out_sparse, state.rho, state.residual, cfg.rho_growth, state.sparse_since_refresh)
             state.sparse_since_refresh += 1
