@@ -49,14 +49,15 @@ def test_dense_with_lse_matches_reference(dtype):
     assert rel_err(out, ref) <= 1e-2 and float((lse - ref_lse).abs().max()) < 2e-2
 
 
-def test_tiny_wan_on_cuda_density_one_exact_and_sparse_runs_on_flex():
-    from unbottle.testing import tiny_wan_pipeline
+def test_tiny_flux_on_cuda_density_one_exact_and_sparse_runs_on_flex():
+    from unbottle.testing import tiny_flux_pipeline
 
-    pipe = tiny_wan_pipeline(device="cuda", dtype=torch.bfloat16)
+    pipe = tiny_flux_pipeline(device="cuda", dtype=torch.bfloat16)  # head size 16: FlexAttention compiles it
 
     def run():
-        return pipe("a red circle moves left", height=128, width=128, num_frames=9, num_inference_steps=4,
-                    output_type="pt", generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
+        generator = torch.Generator().manual_seed(0)
+        return pipe("a red circle left of a blue square", height=64, width=64, num_inference_steps=4,
+                    max_sequence_length=16, output_type="pt", generator=generator).images  # fmt: skip
 
     stock = run()
     unbottle.enable_sparse_attention(pipe, unbottle.SparseAttentionConfig(density=1.0, block_size=16))
@@ -66,6 +67,19 @@ def test_tiny_wan_on_cuda_density_one_exact_and_sparse_runs_on_flex():
     handle = unbottle.enable_sparse_attention(pipe, cfg)
     sparse = run()
     assert handle.pattern_computations and block_sparse._compiled_flex is not None
+    assert (16, 16, torch.bfloat16) not in block_sparse._flex_refused
     assert not torch.equal(sparse, stock) and rel_err(sparse, stock) < 0.2
     unbottle.disable_sparse_attention(pipe)
     assert torch.equal(run(), stock)
+
+
+def test_head_size_flex_lacks_falls_back_to_the_reference():
+    q, k, v = (torch.randn(1, 2, 300, 12, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mask = random_mask(1, 2, 300, 300, 0.5, bs=16)
+    with pytest.warns(UserWarning, match="falls back"):
+        out, lse = unbottle.block_sparse_attention(q, k, v, mask)
+    ref, ref_lse = block_sparse_attention_reference(q.float(), k.float(), v.float(), mask)
+    assert rel_err(out, ref) <= 1e-2 and float((lse - ref_lse).abs().max()) < 2e-2
+    dense, dense_lse = block_sparse.dense_attention_with_lse(q, k, v)
+    dref, dref_lse = dense_attention_reference(q.float(), k.float(), v.float())
+    assert rel_err(dense, dref) <= 1e-2 and float((dense_lse - dref_lse).abs().max()) < 2e-2

@@ -6,12 +6,15 @@ structure, see notes), and the Triton kernel of issue #5 plugs in behind this sa
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .reference import block_sparse_attention_reference, dense_attention_reference
 
 _compiled_flex = None
+_flex_refused: set = set()  # (head dim, value dim, dtype) that compiled FlexAttention failed on
 _dense_lse_backends: dict = {}  # (head dim, value dim, dtype) -> the CUDA route that gave a correct LSE
 
 
@@ -41,9 +44,19 @@ def block_sparse_attention(
     seq_q, seq_k = block_mask.seq_lengths
     if (seq_q, seq_k) != (q.shape[2], k.shape[2]):
         raise ValueError(f"block_mask covers {(seq_q, seq_k)} tokens but q, k have {(q.shape[2], k.shape[2])}")
-    if q.is_cuda:
-        out, lse = _flex(q, k, v, block_mask, scale)
-    else:
+    key = (q.shape[-1], v.shape[-1], q.dtype)
+    out = None
+    if q.is_cuda and key not in _flex_refused:
+        try:
+            out, lse = _flex(q, k, v, block_mask, scale)
+        except Exception as e:  # noqa: BLE001 — compilation can fail many ways (e.g. head sizes FlexAttention lacks)
+            _flex_refused.add(key)
+            warnings.warn(
+                f"FlexAttention cannot run head size {q.shape[-1]} in {q.dtype} here ({type(e).__name__}); "
+                "block-sparse attention falls back to the PyTorch reference for this shape",
+                stacklevel=2,
+            )
+    if out is None:
         out, lse = block_sparse_attention_reference(q, k, v, block_mask, scale=scale)
     return (out, lse) if return_lse else out
 
@@ -80,10 +93,13 @@ def dense_attention_with_lse(
         backend = _dense_lse_backends[key] = _probe_dense_backend(q.shape[-1], v.shape[-1], q.dtype, q.device)
     if backend == "reference":
         return dense_attention_reference(q, k, v, scale=scale)
-    try:
-        return _dense_cuda(q, k, v, scale, backend)
-    except RuntimeError:  # a shape this route refuses (e.g. cuDNN limits): fall back for this call
-        return _dense_cuda(q, k, v, scale, "flex")
+    for route in dict.fromkeys((backend, "flex")):
+        try:
+            return _dense_cuda(q, k, v, scale, route)
+        except Exception:  # noqa: BLE001 — a shape this route refuses (cuDNN limits, FlexAttention head sizes)
+            continue
+    _dense_lse_backends[key] = "reference"
+    return dense_attention_reference(q, k, v, scale=scale)
 
 
 def _probe_dense_backend(d: int, dv: int, dtype: torch.dtype, device: torch.device) -> str:
