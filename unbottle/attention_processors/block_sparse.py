@@ -14,7 +14,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from .reference import block_sparse_attention_reference, dense_attention_reference
 
 _compiled_flex = None
-_flex_refused: set = set()  # (head dim, value dim, dtype) that compiled FlexAttention failed on
+_flex_refused: set = set()  # (head dim, value dim, dtype, block sizes) that compiled FlexAttention failed on
 _dense_lse_backends: dict = {}  # (head dim, value dim, dtype) -> the CUDA route that gave a correct LSE
 
 
@@ -44,16 +44,18 @@ def block_sparse_attention(
     seq_q, seq_k = block_mask.seq_lengths
     if (seq_q, seq_k) != (q.shape[2], k.shape[2]):
         raise ValueError(f"block_mask covers {(seq_q, seq_k)} tokens but q, k have {(q.shape[2], k.shape[2])}")
-    key = (q.shape[-1], v.shape[-1], q.dtype)
+    key = (q.shape[-1], v.shape[-1], q.dtype, block_mask.BLOCK_SIZE)
     out = None
     if q.is_cuda and key not in _flex_refused:
         try:
             out, lse = _flex(q, k, v, block_mask, scale)
         except Exception as e:  # noqa: BLE001 — compilation can fail many ways (e.g. head sizes FlexAttention lacks)
             _flex_refused.add(key)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
             warnings.warn(
-                f"FlexAttention cannot run head size {q.shape[-1]} in {q.dtype} here ({type(e).__name__}); "
-                "block-sparse attention falls back to the PyTorch reference for this shape",
+                f"FlexAttention cannot run head size {q.shape[-1]}, blocks {block_mask.BLOCK_SIZE}, {q.dtype} here "
+                f"({type(e).__name__}: {reason}); block-sparse attention falls back to the PyTorch reference for this "
+                "shape",
                 stacklevel=2,
             )
     if out is None:
