@@ -1,0 +1,23 @@
+"""The "shapes" testbed: a seeded procedural world of coloured shapes, captions, and a verifiable evaluator."""
+
+from .captions import CaptionSpec, Mention, caption, parse_caption, spec_of
+from .render import render_frame, render_image, render_video
+from .world import COLORS, SHAPES, SIZES, TEXTURES, Obj, Scene, sample_scene
+
+__all__ = [
+    "COLORS",
+    "SHAPES",
+    "SIZES",
+    "TEXTURES",
+    "CaptionSpec",
+    "Mention",
+    "Obj",
+    "Scene",
+    "caption",
+    "parse_caption",
+    "render_frame",
+    "render_image",
+    "render_video",
+    "sample_scene",
+    "spec_of",
+]
