@@ -72,7 +72,7 @@ def render_frame(scene: Scene, size: int = 128, t: float = 0.5) -> np.ndarray:
     for obj in scene.objects:
         x, y = position_at(obj, t)
         _draw_object(canvas, obj, x, y, big)
-    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX))
+    return np.array(canvas.resize((size, size), Image.Resampling.BOX))  # a writable copy
 
 
 def render_image(scene: Scene, size: int = 128) -> np.ndarray:
