@@ -103,7 +103,7 @@ _OBJECT = (
     rf"(?: (?:moving|moves|is moving) (?:to the )?(?P<motion{{i}}>left|right|up|down))?"
 )
 _RELATION = r"(?P<relation>to the left of|to the right of|on the left of|on the right of|left of|right of|above|below)"
-_PAIR = re.compile(rf"^{_OBJECT.format(i=0)}(?: (?:and|,) {_OBJECT.format(i=1)})?$")
+_PAIR = re.compile(rf"^{_OBJECT.format(i=0)}(?:(?:,? and |, ){_OBJECT.format(i=1)})?$")
 _REL = re.compile(rf"^{_OBJECT.format(i=0)} {_RELATION} {_OBJECT.format(i=1)}$")
 _SINGULAR = {plural: shape for shape, plural in _PLURAL.items()}
 _NUMBER = "|".join(NUMBERS.values())

@@ -82,4 +82,5 @@ def render_image(scene: Scene, size: int = 128) -> np.ndarray:
 
 def render_video(scene: Scene, size: int = 128, frames: int = 17) -> np.ndarray:
     """(F, H, W, 3) uint8 frames over the clip, t = 0 … 1."""
-    return np.stack([render_frame(scene, size, i / max(frames - 1, 1)) for i in range(frames)])
+    times = [0.5] if frames == 1 else [i / (frames - 1) for i in range(frames)]
+    return np.stack([render_frame(scene, size, t) for t in times])

@@ -10,7 +10,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-# name -> RGB; hues are ≥ 25° apart so a hue classifier separates them, also in the darker texture shade
+# name -> RGB; hues are ≥ 20° apart so a hue classifier separates them, also in the darker texture shade
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (240, 140, 30),
@@ -58,7 +58,7 @@ class Scene:
     kind: str  # "single" | "attribute" | "pair" | "relation" | "count" | "motion" | "motion_pair"
     relation: str | None = None  # for "relation": objects[0] <relation> objects[1]
     count: int = 1  # for "count": the first `count` objects are the counted ones
-    mention: dict = field(default_factory=dict)  # which attributes the caption names: {"size": bool, "texture": bool}
+    mention: dict = field(default_factory=dict, hash=False)  # attributes the caption names: {"size", "texture"}
 
 
 def _place(rng: random.Random, radii: list[float], tries: int = 200) -> list[tuple[float, float]] | None:
@@ -75,14 +75,27 @@ def _place(rng: random.Random, radii: list[float], tries: int = 200) -> list[tup
     return centres
 
 
-def _relation_holds(a: Obj, b: Obj, relation: str, margin: float = 0.08) -> bool:
+def _relation_holds(a: Obj, b: Obj, relation: str, margin: float = 0.08, dominance: float = 0.0) -> bool:
+    """Whether a <relation> b: offset beyond `margin` along the relation's axis, exceeding the other by `dominance`."""
     dx, dy = a.x - b.x, a.y - b.y
+    horizontal, vertical = abs(dx) > abs(dy) + dominance, abs(dy) > abs(dx) + dominance
     return {
-        "left of": dx < -margin and abs(dx) > abs(dy),
-        "right of": dx > margin and abs(dx) > abs(dy),
-        "above": dy < -margin and abs(dy) > abs(dx),
-        "below": dy > margin and abs(dy) > abs(dx),
+        "left of": dx < -margin and horizontal,
+        "right of": dx > margin and horizontal,
+        "above": dy < -margin and vertical,
+        "below": dy > margin and vertical,
     }[relation]
+
+
+def _apart_over_clip(objects: tuple[Obj, ...], gap: float = 0.03) -> bool:
+    """No two objects come within `gap` of touching at any point of the clip (moving objects included)."""
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        pos = [position_at(o, t) for o in objects]
+        for i in range(len(objects)):
+            for j in range(i + 1, len(objects)):
+                if math.dist(pos[i], pos[j]) < objects[i].radius + objects[j].radius + gap:
+                    return False
+    return True
 
 
 def sample_scene(rng: random.Random, kind: str | None = None, video: bool = False) -> Scene:
@@ -127,9 +140,11 @@ def _try_scene(rng: random.Random, kind: str) -> Scene | None:
     if kind.startswith("motion"):
         motions = [rng.choice(list(MOTIONS)) for _ in objs]
     objects = tuple(Obj(**o, x=x, y=y, motion=m) for o, (x, y), m in zip(objs, centres, motions, strict=True))
+    if kind.startswith("motion") and not _apart_over_clip(objects):
+        return None
     relation = None
-    if kind == "relation":
-        holding = [r for r in RELATIONS if _relation_holds(objects[0], objects[1], r)]
+    if kind == "relation":  # unambiguous: the offset along the relation beats the other axis by a clear margin
+        holding = [r for r in RELATIONS if _relation_holds(objects[0], objects[1], r, dominance=0.05)]
         if not holding:
             return None
         relation = rng.choice(holding)
