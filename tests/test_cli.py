@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from unbottle.cli import main  # noqa: E402
 from unbottle.cli.generate import spatial_multiple, temporal_multiple  # noqa: E402
-from unbottle.defaults import EMBEDDED  # noqa: E402
+from unbottle.defaults import EMBEDDED, load_default  # noqa: E402
 from unbottle.testing import image as image_fixtures  # noqa: E402
 from unbottle.testing import video as video_fixtures  # noqa: E402
 
@@ -171,7 +171,7 @@ def test_bad_numbers_are_usage_errors_naming_the_argument(argv, named, capsys):
 
 
 def test_height_not_divisible_by_the_model_requirement(tmp_path, capsys):
-    pipe = video_fixtures.tiny_wan_pipeline()
+    pipe = load_default("image")  # the embedded default is what runs without --model
     multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
     assert main(["image", PROMPT, "--height", str(multiple + 2), "-o", str(tmp_path / "x.png")]) == 2
     err = _error(capsys)
@@ -180,7 +180,7 @@ def test_height_not_divisible_by_the_model_requirement(tmp_path, capsys):
 
 
 def test_frames_that_do_not_fit_the_temporal_compression(tmp_path, capsys):
-    pipe = video_fixtures.tiny_wan_pipeline()
+    pipe = load_default("video")
     k = pipe.vae_scale_factor_temporal
     assert main(["video", PROMPT, "--frames", str(k + 2), "-o", str(tmp_path / "x.mp4")]) == 2
     assert "--frames" in _error(capsys)

@@ -40,9 +40,18 @@ def _script():
     return module
 
 
-def test_unshipped_weights_are_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="not shipped yet"):
+def test_missing_shipped_weights_are_a_clear_error(monkeypatch, tmp_path):
+    import unbottle.shapes.clip as clip_module
+
+    monkeypatch.setattr(clip_module, "SHIPPED_WEIGHTS", tmp_path / "gone.safetensors")
+    with pytest.raises(FileNotFoundError, match="shipped shapes CLIP weights are missing.*pretrained=False"):
         load_shapes_clip()
+
+
+def test_shipped_weights_load_in_fp32_frozen():
+    model, _, _ = load_shapes_clip()
+    params = list(model.parameters())
+    assert params and all(p.dtype == torch.float32 and not p.requires_grad for p in params) and not model.training
 
 
 def test_config_registers_and_builds_within_budget():

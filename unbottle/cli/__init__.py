@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     text = verbs.add_parser("text", help="generate text with a diffusion language model")
     text.add_argument("prompt", help="the text prompt")
     text.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
-    text.add_argument("--gen-length", type=_positive_int("--gen-length"), default=16, help="tokens to generate")
+    text.add_argument("--gen-length", type=_positive_int("--gen-length"),
+                      help="tokens to generate (default: 4 on the embedded retrieval model, else 16)")  # fmt: skip
     text.add_argument("--steps", type=_positive_int("--steps"), help="denoising steps (default: the model's)")
     text.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     text.add_argument("-o", "--output", help="also write the text to this file")
@@ -163,14 +164,18 @@ def _run(args: argparse.Namespace) -> int:
     from .generate import generate_image, generate_text, generate_video
 
     if args.verb == "text":
-        text = generate_text(pipe, args.prompt, gen_length=args.gen_length, steps=steps, seed=args.seed)
+        extra = dict(default.extra) if default else {}
+        default_length = extra.pop("gen_length", 16)
+        gen_length = args.gen_length if args.gen_length is not None else default_length
+        text = generate_text(pipe, args.prompt, gen_length=gen_length, steps=steps, seed=args.seed, **extra)
         print(text)
         if output is not None:
             output.write_text(text + "\n")
         return 0
     height = args.height if args.height is not None else (default.height if default else None)
     width = args.width if args.width is not None else (default.width if default else None)
-    common = dict(steps=steps, seed=args.seed, height=height, width=width, guidance_scale=args.guidance_scale,
+    guidance = args.guidance_scale if args.guidance_scale is not None else getattr(default, "guidance_scale", None)
+    common = dict(steps=steps, seed=args.seed, height=height, width=width, guidance_scale=guidance,
                   negative_prompt=args.negative_prompt)  # fmt: skip
     if args.verb == "image":
         path = generate_image(pipe, args.prompt, output, **common)

@@ -109,12 +109,14 @@ def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | Non
 
 
 def generate_text(pipe: object, prompt: str, *, gen_length: int | None = None, steps: int | None = None,
-                  seed: int = 0) -> str:  # fmt: skip
-    """Generate text with a diffusers text-diffusion pipeline (DiffusionGemmaPipeline, LLaDA2Pipeline)."""
+                  seed: int = 0, **extra: object) -> str:  # fmt: skip
+    """Generate text with a diffusers text-diffusion pipeline (DiffusionGemmaPipeline, LLaDA2Pipeline).
+
+    `extra` are further call arguments (the embedded default's decoding settings)."""
     params = call_parameters(pipe)
     if "gen_length" not in params:
         raise UsageError(f"--model: {type(pipe).__name__} is not a text-diffusion pipeline; use `unbottle image`")
-    kwargs = {"prompt": prompt, "generator": torch.Generator().manual_seed(seed), "output_type": "text"}
+    kwargs = {"prompt": prompt, "generator": torch.Generator().manual_seed(seed), "output_type": "text", **extra}
     if gen_length is not None:
         kwargs["gen_length"] = gen_length
     if steps is not None:

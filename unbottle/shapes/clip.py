@@ -172,7 +172,7 @@ def load_shapes_clip(
     if path is None and pretrained:
         if not SHIPPED_WEIGHTS.exists():
             raise FileNotFoundError(
-                f"the shapes CLIP weights are not shipped yet ({SHIPPED_WEIGHTS} is missing; issue #4): train them "
+                f"the shipped shapes CLIP weights are missing ({SHIPPED_WEIGHTS}); reinstall unbottle, or train them "
                 "with examples/shapes/train_clip.py and pass path=..., or use pretrained=False for a random model"
             )
         path = SHIPPED_WEIGHTS

@@ -51,7 +51,7 @@ def _draw_object(canvas: Image.Image, obj: Obj, x: float, y: float, size: int) -
     if obj.texture != "solid":
         dark = tuple(int(c * DARK_SHADE) for c in color)
         marks = ImageDraw.Draw(fill)
-        period = max(4, int(r * 0.55))
+        period = max(4, int(r * 0.8))  # coarse enough to survive a ×4 VAE and 8 px patches
         if obj.texture == "striped":  # horizontal bands, anchored to the object so they move with it
             top = int(y * size - r)
             for band in range(top + period // 2, int(y * size + r), period):

@@ -222,3 +222,23 @@ def decode(
         x[rows[active], where] = token[rows[active], pick[active]]
         step_of[rows[active], where] = step
     return x, step_of
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print a retrieval prompt, its answer to stderr: `unbottle text "$(python -m unbottle.shapes.retrieval)"`."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="print a key–value retrieval prompt for the shapes diffusion LM")
+    parser.add_argument("--length", type=int, default=512, help=f"document length in tokens (≥ {MIN_LENGTH})")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.length < MIN_LENGTH:
+        parser.error(f"--length must be at least {MIN_LENGTH}, got {args.length}")
+    prompt, answer = make_example(random.Random(args.seed), args.length)
+    print(prompt)
+    print(f"answer ({len(answer.split())} tokens): {answer}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
