@@ -124,6 +124,18 @@ def test_select_blocks_takes_top_scores_per_head_after_forced():
                 assert row == {9, *others}, (bi, hi, qi)
 
 
+@pytest.mark.parametrize("density", [0.05, 0.4, 1.0])
+def test_select_blocks_with_host_max_forced_matches_the_synced_width(density):
+    """The engine passes the forced row maximum from the host (no device sync per step); same patterns."""
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 3, 8, 12, generator=gen)
+    forced = torch.rand(8, 12, generator=gen) < 0.2
+    forced[5] = True
+    a = patterns.select_blocks(scores, forced, density)
+    b = patterns.select_blocks(scores, forced, density, max_forced=int(forced.sum(-1).max()))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 @pytest.mark.parametrize(
     ("density", "nk", "keep"), [(0.05, 10, 1), (0.1, 10, 1), (0.3, 10, 3), (1.0, 7, 7), (0.5, 7, 4)]
 )

@@ -61,19 +61,23 @@ class SparseLayer:
         return step_kind(step, full, cfg.refresh_every, needs_statistics=cfg.reshape)
 
     # -- patterns ---------------------------------------------------------------------------------------------------
-    def _forced(self, layout, n, device):
+    def _forced(self, layout, n, device) -> tuple[torch.Tensor, int]:
+        """The always-kept tiles (nQ, nK) and the most of them in one row (a host int: no sync per step)."""
         key = (n, self.config.block_size, layout)
         if key not in self.store.forced:
-            self.store.forced[key] = forced_blocks(layout, n, self.config.block_size, device)
-        return self.store.forced[key]
+            forced = forced_blocks(layout, n, self.config.block_size, device)
+            self.store.forced[key] = forced, int(forced.sum(-1).max())
+        forced, max_forced = self.store.forced[key]
+        return forced.to(device), max_forced
 
     def _pattern(self, q, k, v, scale, layout, lse_full=None, attn_mask=None):
         """The block mask of this call: dynamic → from this step's pooled q·k; window/cached → made once, reused."""
         cfg, n = self.config, q.shape[2]
         bs = cfg.block_size
         if cfg.pattern == "dynamic":
-            indices, counts = select_blocks(pooled_scores(q, k, bs, scale), self._forced(layout, n, q.device),
-                                            cfg.density)  # fmt: skip
+            forced, max_forced = self._forced(layout, n, q.device)
+            scores = pooled_scores(q, k, bs, scale)  # (B, H, nQ, nK)
+            indices, counts = select_blocks(scores, forced, cfg.density, max_forced=max_forced)
             return pattern_to_block_mask(indices, counts, bs, n, k.shape[2])
         (f, h, w), text_len, text_first = layout.resolve(n)
         key = (self.name, n, bs, f, h, w, text_len, text_first)  # same token count, other grid: another pattern
@@ -84,7 +88,8 @@ class SparseLayer:
                 if lse_full is None:  # a sparse step before any refresh (no reshape): one exact pass for the LSE
                     lse_full = dense_attention_with_lse(q, k, v, attn_mask, scale)[1]
                 scores = exact_block_importance(q, k, lse_full, bs, scale, attn_mask=attn_mask)
-            self.store.patterns[key] = select_blocks(scores, self._forced(layout, n, q.device), cfg.density)
+            forced, max_forced = self._forced(layout, n, q.device)
+            self.store.patterns[key] = select_blocks(scores, forced, cfg.density, max_forced=max_forced)
             self.store.computed[self.name] = self.store.computed.get(self.name, 0) + 1
         mask = self.store.block_masks.get(key)
         if mask is None or mask.kv_num_blocks.device != q.device:

@@ -30,13 +30,18 @@ def forced_blocks(layout: TokenLayout, n: int, block_size: int, device: torch.de
     return forced | torch.eye(nb, dtype=torch.bool, device=device)
 
 
-def select_blocks(scores: torch.Tensor, forced: torch.Tensor, density: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top blocks per row of `scores` (B, H, nQ, nK) plus the `forced` (nQ, nK) ones → (indices, counts)."""
+def select_blocks(
+    scores: torch.Tensor, forced: torch.Tensor, density: float, max_forced: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top blocks per row of `scores` (B, H, nQ, nK) plus the `forced` (nQ, nK) ones → (indices, counts).
+
+    `max_forced` (the most forced tiles in a row, known on the host) avoids a device→host sync per call.
+    """
     n_k = scores.shape[-1]
     k = keep_count(density, n_k)
     counts = forced.sum(-1).clamp(min=k).expand(scores.shape[:-1])  # (B, H, nQ)
     ranked = scores.float().masked_fill(forced, float("inf"))
-    width = int(counts.max())
+    width = max(k, max_forced) if max_forced is not None else int(counts.max())
     indices = ranked.topk(width, dim=-1, sorted=True).indices  # forced first, then by score
     return indices.to(torch.int32), counts.to(torch.int32).contiguous()
 
