@@ -240,13 +240,11 @@ def test_unusable_device(tmp_path, capsys):
     "argv, issue",
     [
         (["text", PROMPT, "--sparse", "0.3"], 9),
-        (["image", PROMPT, "--bottleneck", "flux-3x"], 6),
         (["image", PROMPT, "--structured"], 7),
         (["image", PROMPT, "--rewards", "clip"], 8),
         (["image", PROMPT, "--explore", "4"], 8),
         (["image", PROMPT, "--optimize", "10"], 8),
         (["batch", "prompts.txt"], 8),
-        (["bench", "attention"], 5),
         (["bench", "e2e"], 6),
         (["bench", "quality"], 4),
     ],
@@ -257,3 +255,14 @@ def test_unavailable_features_are_refused_not_ignored(argv, issue, tmp_path, cap
     err = _error(capsys)
     assert "not available yet" in err and f"issue #{issue}" in err
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_bench_attention_is_available_and_needs_cuda(tmp_path, capsys, monkeypatch):
+    """`bench attention` (issue #5) is no longer pending: without CUDA it refuses in one line, exit 2."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "attention", "-o", str(tmp_path / "out")]) == 2
+    err = _error(capsys)
+    assert "needs a CUDA GPU" in err and "not available yet" not in err
+    assert not any(tmp_path.iterdir())

@@ -16,7 +16,6 @@ from .features import check_feature_flags
 # verbs whose feature has not landed yet: (feature, issue that delivers it)
 PENDING_VERBS = {
     "batch": ("reward-scored batch generation", 8),
-    "bench attention": ("the attention benchmark", 5),
     "bench e2e": ("the end-to-end benchmark", 6),
     "bench quality": ("the quality benchmark on the shapes models", 4),
 }
@@ -116,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = verbs.add_parser("bench", help="benchmarks: JSON + markdown + plots")
     bench.add_argument("suite", nargs="?", choices=["attention", "e2e", "quality"], default="attention")
     bench.add_argument("-o", "--output", default="bench-results", help="output folder")
+    from ..bench.attention import add_arguments as add_attention_arguments
+
+    add_attention_arguments(bench)
     return parser
 
 
@@ -139,9 +141,14 @@ def _run(args: argparse.Namespace) -> int:
     from .loading import load_pipeline
     from .output import IMAGE_SUFFIXES, VIDEO_SUFFIXES, prepare_output
 
-    if args.verb in ("batch", "bench"):
-        feature, issue = PENDING_VERBS[args.verb if args.verb == "batch" else f"bench {args.suite}"]
+    pending = args.verb if args.verb == "batch" else f"bench {args.suite}" if args.verb == "bench" else None
+    if pending in PENDING_VERBS:
+        feature, issue = PENDING_VERBS[pending]
         raise UsageError(f"{feature} is not available yet (issue #{issue})")
+    if args.verb == "bench":  # bench attention (issue #5): refuses without CUDA (exit 2)
+        from ..bench.attention import run_from_cli
+
+        return run_from_cli(args)
     check_feature_flags(args)
     if args.verb == "text" and args.sparse is not None:
         raise UsageError("--sparse: sparse attention for diffusion LMs is not available yet (issue #9)")

@@ -1,0 +1,4 @@
+"""Benchmarks that ship with the package, so that the installed `unbottle bench SUITE -o DIR` can run them.
+
+`attention`: dense SDPA (cuDNN, flash), compiled FlexAttention and our Triton block-sparse kernel (issue #5).
+"""
