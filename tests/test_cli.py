@@ -246,7 +246,6 @@ def test_unusable_device(tmp_path, capsys):
         (["image", PROMPT, "--optimize", "10"], 8),
         (["batch", "prompts.txt"], 8),
         (["bench", "e2e"], 6),
-        (["bench", "quality"], 4),
     ],
 )
 def test_unavailable_features_are_refused_not_ignored(argv, issue, tmp_path, capsys, monkeypatch):

@@ -17,7 +17,6 @@ from .features import check_feature_flags
 PENDING_VERBS = {
     "batch": ("reward-scored batch generation", 8),
     "bench e2e": ("the end-to-end benchmark", 6),
-    "bench quality": ("the quality benchmark on the shapes models", 4),
 }
 
 
@@ -118,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ..bench.attention import add_arguments as add_attention_arguments
 
     add_attention_arguments(bench)
+    from ..bench.attention import parse_densities
+    from ..bench.quality import add_arguments as add_quality_arguments
+
+    add_quality_arguments(bench, parse_densities)
     return parser
 
 
@@ -145,6 +148,10 @@ def _run(args: argparse.Namespace) -> int:
     if pending in PENDING_VERBS:
         feature, issue = PENDING_VERBS[pending]
         raise UsageError(f"{feature} is not available yet (issue #{issue})")
+    if args.verb == "bench" and args.suite == "quality":  # the shapes testbed (issue #4): CPU or GPU
+        from ..bench.quality import run_from_cli as run_quality
+
+        return run_quality(args)
     if args.verb == "bench":  # bench attention (issue #5): refuses without CUDA (exit 2)
         from ..bench.attention import run_from_cli
 

@@ -1,0 +1,57 @@
+"""The quality benchmark on the shapes T2I model: exact at density 1.0, scored per setting, clear option errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from unbottle.bench.quality import QualityOptions, held_out_captions, markdown_report, psnr, run_quality, write_outputs
+
+
+def test_density_one_reproduces_stock_and_outputs_are_written(tmp_path):
+    results = run_quality(QualityOptions(captions=2, steps=2, batch=2, sparse=(1.0, 0.25)), log=lambda _: None)
+    stock, full, sparse = results["rows"]
+    assert stock["setting"] == "stock" and math.isinf(stock["psnr_vs_stock"])
+    assert math.isinf(full["psnr_vs_stock"])  # density 1.0 = the stock images, bit for bit
+    assert full["accuracy"] == stock["accuracy"] and full["fact_accuracy"] == stock["fact_accuracy"]
+    assert math.isfinite(sparse["psnr_vs_stock"])  # 4 of 16 key blocks per row: a different image
+    json_path, md_path = write_outputs(results, tmp_path / "out")
+    assert json.loads(json_path.read_text())["rows"][2]["setting"].startswith("sparse 0.25")
+    table = md_path.read_text()
+    assert table.count("\n| ") == 4 and "| stock |" in table  # header + 3 settings
+
+
+def test_captions_are_the_model_cards_held_out_set():
+    assert held_out_captions(3) == held_out_captions(5)[:3]
+    assert held_out_captions(3) != held_out_captions(3, seed=1)
+
+
+def test_psnr_and_markdown_on_synthetic_rows():
+    import numpy as np
+
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0, 0] = 255  # one pixel of 96 off by 255: MSE = 255² / 96
+    assert psnr(a, a) == math.inf and psnr(a, b) == pytest.approx(10 * math.log10(96))
+    row = {"setting": "x", "accuracy": 0.5, "fact_accuracy": 0.75, "per_category": {"count": 1.0},
+           "psnr_vs_stock": 30.0, "seconds": 1.0}  # fmt: skip
+    md = markdown_report({"rows": [row], "options": {"captions": 2, "seed": 0, "steps": 1}, "device": "cpu"})
+    assert "| x | 0.500 | 0.750 | 1.000 | 30.0 | 1.0 |" in md
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"captions": 0}, "captions"), ({"steps": 0}, "steps"), ({"sparse": (1.5,)}, "density")]
+)
+def test_bad_options_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        QualityOptions(**kwargs)
+
+
+def test_cli_bad_density_exits_2(capsys):
+    from unbottle.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "quality", "--sparse", "2"])
+    assert e.value.code == 2

@@ -1,0 +1,176 @@
+"""Quality benchmark on the shapes text-to-image model (issue #4): evaluator accuracy and fidelity to the stock output.
+
+    unbottle bench quality -o bench/results --captions 64 --sparse 0.25,0.1      # CPU or GPU
+
+The shipped shapes WanPipeline generates the same held-out captions (seed 10,000, fixed generators) once stock and
+once per method setting. Each setting reports the shapes evaluator's accuracy (all facts of a caption right, per
+T2I-CompBench-like category, and the fraction of facts right) and its fidelity to the stock images of the same seeds
+(PSNR in dB over uint8 pixels; identical images give inf). Methods compared so far: sparse attention at each
+`--sparse` density (Re-ttention reshape on, `--sparse-pattern`, 16-token blocks = 16 blocks per 256-token image).
+Writes quality-shapes.json and quality-shapes.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..shapes import call_defaults, caption, load_pipeline, sample_scene
+from ..shapes.evaluate import Report, evaluate
+
+HELD_OUT_SEED = 10_000
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """What the quality benchmark generates and which method settings it compares with the stock pipeline."""
+
+    captions: int = 64
+    steps: int = 20
+    batch: int = 16
+    sparse: tuple[float, ...] = ()
+    sparse_pattern: str = "cached"
+    sparse_block_size: int = 16
+    seed: int = HELD_OUT_SEED
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("captions", "steps", "batch", "sparse_block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for d in self.sparse:
+            if not 0.0 < d <= 1.0:
+                raise ValueError(f"sparse density must be in (0, 1], got {d}")
+
+
+def held_out_captions(n: int, seed: int = HELD_OUT_SEED) -> list[str]:
+    """The first `n` held-out captions of the shapes world (the model cards' evaluation set)."""
+    rng = random.Random(seed)
+    return [caption(sample_scene(rng), rng) for _ in range(n)]
+
+
+@torch.no_grad()
+def generate(pipe: object, captions: list[str], steps: int, batch: int) -> np.ndarray:
+    """(n, H, W, 3) uint8 images; chunk i uses generator seed i, so every setting sees the same noise."""
+    kwargs = {**call_defaults("t2i"), "num_inference_steps": steps, "output_type": "np"}
+    images = []
+    for i in range(0, len(captions), batch):
+        frames = pipe(captions[i : i + batch], generator=torch.Generator().manual_seed(i), **kwargs).frames
+        images += [(np.asarray(f[0]) * 255).round().astype(np.uint8) for f in frames]  # first (only) frame
+    return np.stack(images)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between uint8 images (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def fact_accuracy(report: Report) -> float:
+    """The fraction of all caption facts that hold (finer than the all-facts-right accuracy)."""
+    total = sum(report.fact_counts.values())
+    return sum(report.per_fact[f] * n for f, n in report.fact_counts.items()) / total if total else math.nan
+
+
+def _row(name: str, images: np.ndarray, captions: list[str], stock: np.ndarray, seconds: float) -> dict:
+    report = evaluate(zip(images, captions, strict=True))
+    return {
+        "setting": name, "accuracy": report.accuracy, "fact_accuracy": fact_accuracy(report),
+        "per_category": report.per_category, "category_counts": report.category_counts,
+        "psnr_vs_stock": float(np.mean([psnr(a, b) for a, b in zip(images, stock, strict=True)])),
+        "seconds": round(seconds, 2),
+    }  # fmt: skip
+
+
+def run_quality(
+    options: QualityOptions, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    log: Callable[[str], None] = print,
+) -> dict:  # fmt: skip
+    """Generate the held-out captions stock and per setting; score each setting."""
+    from ..attention_processors import SparseAttentionConfig, disable_sparse_attention, enable_sparse_attention
+
+    pipe = load_pipeline("t2i", device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    captions = held_out_captions(options.captions, options.seed)
+    start = time.perf_counter()
+    stock = generate(pipe, captions, options.steps, options.batch)
+    rows = [_row("stock", stock, captions, stock, time.perf_counter() - start)]
+    log(f"stock: accuracy {rows[-1]['accuracy']:.3f}")
+    for density in options.sparse:
+        config = SparseAttentionConfig(density=density, pattern=options.sparse_pattern,
+                                       block_size=options.sparse_block_size)  # fmt: skip
+        enable_sparse_attention(pipe, config)
+        try:
+            start = time.perf_counter()
+            images = generate(pipe, captions, options.steps, options.batch)
+        finally:
+            disable_sparse_attention(pipe)
+        name = f"sparse {density:g} ({options.sparse_pattern}, block {options.sparse_block_size})"
+        rows.append(_row(name, images, captions, stock, time.perf_counter() - start))
+        log(f"{name}: accuracy {rows[-1]['accuracy']:.3f}, PSNR vs stock {rows[-1]['psnr_vs_stock']:.1f} dB")
+    return {"model": "shapes-t2v (t2i)", "options": asdict(options), "device": str(device), "rows": rows,
+            "torch": torch.__version__}  # fmt: skip
+
+
+def markdown_report(results: dict) -> str:
+    """One row per setting: accuracy, fact accuracy, per-category accuracy, PSNR vs stock, time."""
+    categories = sorted({c for row in results["rows"] for c in row["per_category"]})
+    opts = results["options"]
+    head = ["setting", "accuracy", "facts", *categories, "PSNR vs stock (dB)", "seconds"]
+    lines = [
+        f"Shapes T2I quality: {opts['captions']} held-out captions (seed {opts['seed']}), {opts['steps']} steps, "
+        f"{results['device']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in results["rows"]:
+        cells = [row["setting"], f"{row['accuracy']:.3f}", f"{row['fact_accuracy']:.3f}"]
+        cells += [f"{row['per_category'][c]:.3f}" if c in row["per_category"] else "–" for c in categories]
+        cells += [f"{row['psnr_vs_stock']:.1f}", f"{row['seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: dict, out_dir: Path) -> tuple[Path, Path]:
+    """quality-shapes.json and quality-shapes.md in `out_dir` (created)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "quality-shapes.json", out_dir / "quality-shapes.md"
+    json_path.write_text(json.dumps(results, indent=1, default=str))
+    md_path.write_text(markdown_report(results))
+    return json_path, md_path
+
+
+def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[str], list[float]]) -> None:
+    """The quality benchmark's options on the `bench` parser."""
+    parser.add_argument("--captions", type=int, default=64, help="quality: held-out captions (default 64)")
+    parser.add_argument("--steps", type=int, default=20, help="quality: denoising steps (default 20)")
+    parser.add_argument("--sparse", type=parse_densities, metavar="D,...", default=[],
+                        help="quality: sparse-attention densities to compare with stock")  # fmt: skip
+    parser.add_argument("--sparse-pattern", choices=["cached", "window", "dynamic"], default="cached",
+                        help="quality: sparse pattern (default cached)")  # fmt: skip
+
+
+def run_from_cli(args: argparse.Namespace) -> int:
+    """`unbottle bench quality`: run on CUDA if present (else CPU), print the markdown table, write both files."""
+    from ..cli.errors import UsageError
+
+    try:
+        options = QualityOptions(captions=args.captions, steps=args.steps, sparse=tuple(args.sparse),
+                                 sparse_pattern=args.sparse_pattern)  # fmt: skip
+    except ValueError as e:
+        raise UsageError(f"bench quality: {e}") from e
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = run_quality(options, device=device)
+    _, md_path = write_outputs(results, Path(args.output))
+    print(md_path.read_text())
+    return 0
