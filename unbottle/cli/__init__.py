@@ -10,6 +10,7 @@ import math
 import sys
 import warnings
 
+from .bottleneck import STAGES_HELP, check_bottleneck_args, make_sampler
 from .errors import CLIError, UsageError
 from .features import check_feature_flags
 
@@ -64,7 +65,12 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
     sub.add_argument("--no-reshape", action="store_true", help="no Re-ttention statistical reshape")
     sub.add_argument("--sparse-block-size", type=_positive_int("--sparse-block-size"),
                      help="tokens per block (default 128; the embedded default model uses 4)")  # fmt: skip
-    sub.add_argument("--bottleneck", metavar="PRESET", help="bottleneck (high-low-high) sampling preset")
+    sub.add_argument("--bottleneck", metavar="PRESET",
+                     help="bottleneck (high-low-high) sampling preset: flux-2x, flux-3x, hunyuanvideo-2.5x, wan-2x, "
+                     "wan-3x, sd3-2x")  # fmt: skip
+    sub.add_argument("--bottleneck-stages", metavar="STAGES", help="custom bottleneck stages: " + STAGES_HELP)
+    sub.add_argument("--bottleneck-resample", choices=["bicubic-aa", "bilinear-aa", "lanczos", "nearest"],
+                     default="bicubic-aa", help="latent resampling between stages (default bicubic-aa)")  # fmt: skip
     sub.add_argument("--structured", action="store_true", help="structured cross-attention guidance")
     sub.add_argument("--rewards", metavar="NAME[:W],...", help="rewards for noise exploration/optimization")
     sub.add_argument("--explore", type=_positive_int("--explore"), metavar="N", help="best of N initial noises")
@@ -162,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UsageError("PROMPT must not be empty")
 
+    stages = check_bottleneck_args(args) if args.verb != "text" else None
     suffixes = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES, "text": None}[args.verb]
     output = prepare_output(args.output, suffixes) if args.output else None
     device, dtype = _device_and_dtype(args)
@@ -171,9 +178,10 @@ def _run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.verb, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=args.quiet)
-    steps = args.steps if args.steps is not None else (default.steps if default else None)
     if getattr(args, "sparse", None) is not None:
         _enable_sparse(pipe, args, default)
+    runner = make_sampler(pipe, args, stages) if args.verb != "text" else None  # a BottleneckSampler or None
+    steps = args.steps if args.steps is not None else (default.steps if default and runner is None else None)
 
     from .generate import generate_image, generate_text, generate_video
 
@@ -190,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     width = args.width if args.width is not None else (default.width if default else None)
     guidance = args.guidance_scale if args.guidance_scale is not None else getattr(default, "guidance_scale", None)
     common = dict(steps=steps, seed=args.seed, height=height, width=width, guidance_scale=guidance,
-                  negative_prompt=args.negative_prompt)  # fmt: skip
+                  negative_prompt=args.negative_prompt, runner=runner)  # fmt: skip
     if args.verb == "image":
         path = generate_image(pipe, args.prompt, output, **common)
     else:

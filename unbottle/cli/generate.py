@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,21 +83,25 @@ def _call_kwargs(pipe: object, prompt: str, *, steps: int | None, seed: int, hei
 
 def generate_image(pipe: object, prompt: str, output: Path, *, steps: int | None = None, seed: int = 0,
                    height: int | None = None, width: int | None = None, guidance_scale: float | None = None,
-                   negative_prompt: str | None = None) -> Path:  # fmt: skip
-    """Generate one image with an image pipeline, or the first frame of a 1-frame video pipeline; write it."""
+                   negative_prompt: str | None = None, runner: Callable | None = None) -> Path:  # fmt: skip
+    """Generate one image with an image pipeline, or the first frame of a 1-frame video pipeline; write it.
+
+    `runner` generates in the pipeline's place with its call signature (a BottleneckSampler)."""
     check_size(pipe, height, width, 1 if is_video_pipeline(pipe) else None)
     kwargs = _call_kwargs(pipe, prompt, steps=steps, seed=seed, height=height, width=width,
                           guidance_scale=guidance_scale, negative_prompt=negative_prompt)  # fmt: skip
+    run = runner or pipe
     if is_video_pipeline(pipe):
-        frames = pipe(num_frames=1, output_type="np", **kwargs).frames  # (B, F, H, W, 3)
+        frames = run(num_frames=1, output_type="np", **kwargs).frames  # (B, F, H, W, 3)
         return save_image(frames[0][0], output)
-    return save_image(pipe(output_type="pil", **kwargs).images[0], output)
+    return save_image(run(output_type="pil", **kwargs).images[0], output)
 
 
 def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | None = None, fps: int = 8,
                    steps: int | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
-                   guidance_scale: float | None = None, negative_prompt: str | None = None) -> Path:  # fmt: skip
-    """Generate a video with a video pipeline and write it as MP4."""
+                   guidance_scale: float | None = None, negative_prompt: str | None = None,
+                   runner: Callable | None = None) -> Path:  # fmt: skip
+    """Generate a video with a video pipeline (or `runner` in its place) and write it as MP4."""
     if not is_video_pipeline(pipe):
         raise UsageError(f"--model: {type(pipe).__name__} makes images, not videos; use `unbottle image`")
     check_size(pipe, height, width, frames)
@@ -104,7 +109,7 @@ def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | Non
                           guidance_scale=guidance_scale, negative_prompt=negative_prompt)  # fmt: skip
     if frames is not None:
         kwargs["num_frames"] = frames
-    video = pipe(output_type="np", **kwargs).frames[0]  # (F, H, W, 3) in [0, 1]
+    video = (runner or pipe)(output_type="np", **kwargs).frames[0]  # (F, H, W, 3) in [0, 1]
     return save_video(video, output, fps=fps)
 
 

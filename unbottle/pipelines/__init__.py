@@ -1,9 +1,8 @@
 """Pipeline wrappers: bottleneck (high-low-high) sampling, reward-guided noise search, diffusion-LM generation."""
 
 from .._pending import pending_class
+from .bottleneck import BottleneckSampler, Stage
 
-BottleneckSampler = pending_class("BottleneckSampler", "bottleneck sampling", 6, classmethods=("from_preset",))
-Stage = pending_class("Stage", "bottleneck sampling", 6)
 NoiseSearch = pending_class("NoiseSearch", "reward-guided initial-noise search (CARINOX)", 8)
 DiffusionLMPipeline = pending_class("DiffusionLMPipeline", "diffusion-LM generation", 9)
 
