@@ -42,8 +42,10 @@ def test_psnr_and_markdown_on_synthetic_rows():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"), [({"captions": 0}, "captions"), ({"steps": 0}, "steps"), ({"sparse": (1.5,)}, "density")]
-)
+    ("kwargs", "field"),
+    [({"captions": 0}, "captions"), ({"steps": 0}, "steps"), ({"sparse": (1.5,)}, "density"),
+     ({"bottleneck": ("wan-9x",)}, "preset 'wan-9x' is unknown; available: flux-2x")],
+)  # fmt: skip
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         QualityOptions(**kwargs)
@@ -55,3 +57,11 @@ def test_cli_bad_density_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "quality", "--sparse", "2"])
     assert e.value.code == 2
+
+
+def test_bottleneck_preset_row_uses_its_own_schedule():
+    results = run_quality(QualityOptions(captions=2, steps=2, batch=2, bottleneck=("wan-2x",)), log=lambda _: None)
+    stock, preset = results["rows"]
+    assert preset["setting"] == "bottleneck wan-2x (8/24/12 steps)"
+    assert math.isfinite(preset["psnr_vs_stock"])  # another schedule: other images, scored against the same captions
+    assert preset["category_counts"] == stock["category_counts"]

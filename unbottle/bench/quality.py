@@ -6,7 +6,8 @@ The shipped shapes WanPipeline generates the same held-out captions (seed 10,000
 once per method setting. Each setting reports the shapes evaluator's accuracy (all facts of a caption right, per
 T2I-CompBench-like category, and the fraction of facts right) and its fidelity to the stock images of the same seeds
 (PSNR in dB over uint8 pixels; identical images give inf). Methods compared so far: sparse attention at each
-`--sparse` density (Re-ttention reshape on, `--sparse-pattern`, 16-token blocks = 16 blocks per 256-token image).
+`--sparse` density (Re-ttention reshape on, `--sparse-pattern`, 16-token blocks = 16 blocks per 256-token image), and
+bottleneck sampling with each `--bottleneck` preset (its own step counts; the time column shows the cost).
 Writes quality-shapes.json and quality-shapes.md.
 """
 
@@ -40,6 +41,7 @@ class QualityOptions:
     sparse: tuple[float, ...] = ()
     sparse_pattern: str = "cached"
     sparse_block_size: int = 16
+    bottleneck: tuple[str, ...] = ()
     seed: int = HELD_OUT_SEED
     extra: dict = field(default_factory=dict)
 
@@ -50,6 +52,11 @@ class QualityOptions:
         for d in self.sparse:
             if not 0.0 < d <= 1.0:
                 raise ValueError(f"sparse density must be in (0, 1], got {d}")
+        from ..pipelines.bottleneck_presets import PRESETS
+
+        for name in self.bottleneck:
+            if name not in PRESETS:
+                raise ValueError(f"bottleneck preset {name!r} is unknown; available: {', '.join(PRESETS)}")
 
 
 def held_out_captions(n: int, seed: int = HELD_OUT_SEED) -> list[str]:
@@ -59,12 +66,19 @@ def held_out_captions(n: int, seed: int = HELD_OUT_SEED) -> list[str]:
 
 
 @torch.no_grad()
-def generate(pipe: object, captions: list[str], steps: int, batch: int) -> np.ndarray:
-    """(n, H, W, 3) uint8 images; chunk i uses generator seed i, so every setting sees the same noise."""
-    kwargs = {**call_defaults("t2i"), "num_inference_steps": steps, "output_type": "np"}
+def generate(
+    pipe: object, captions: list[str], steps: int | None, batch: int, runner: object | None = None
+) -> np.ndarray:
+    """(n, H, W, 3) uint8 images; chunk i uses generator seed i, so every setting sees the same noise.
+
+    `runner` generates in the pipeline's place (a BottleneckSampler: `steps` must then be None)."""
+    kwargs = {**call_defaults("t2i"), "output_type": "np"}
+    kwargs.pop("num_inference_steps")
+    if steps is not None:
+        kwargs["num_inference_steps"] = steps
     images = []
     for i in range(0, len(captions), batch):
-        frames = pipe(captions[i : i + batch], generator=torch.Generator().manual_seed(i), **kwargs).frames
+        frames = (runner or pipe)(captions[i : i + batch], generator=torch.Generator().manual_seed(i), **kwargs).frames
         images += [(np.asarray(f[0]) * 255).round().astype(np.uint8) for f in frames]  # first (only) frame
     return np.stack(images)
 
@@ -97,6 +111,7 @@ def run_quality(
 ) -> dict:  # fmt: skip
     """Generate the held-out captions stock and per setting; score each setting."""
     from ..attention_processors import SparseAttentionConfig, disable_sparse_attention, enable_sparse_attention
+    from ..pipelines.bottleneck import BottleneckSampler
 
     pipe = load_pipeline("t2i", device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -117,6 +132,13 @@ def run_quality(
         name = f"sparse {density:g} ({options.sparse_pattern}, block {options.sparse_block_size})"
         rows.append(_row(name, images, captions, stock, time.perf_counter() - start))
         log(f"{name}: accuracy {rows[-1]['accuracy']:.3f}, PSNR vs stock {rows[-1]['psnr_vs_stock']:.1f} dB")
+    for preset in options.bottleneck:
+        sampler = BottleneckSampler.from_preset(pipe, preset)
+        start = time.perf_counter()
+        images = generate(pipe, captions, None, options.batch, runner=sampler)
+        steps = "/".join(str(s.steps) for s in sampler.stages)
+        rows.append(_row(f"bottleneck {preset} ({steps} steps)", images, captions, stock, time.perf_counter() - start))
+        log(f"{rows[-1]['setting']}: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
     return {"model": "shapes-t2v (t2i)", "options": asdict(options), "device": str(device), "rows": rows,
             "torch": torch.__version__}  # fmt: skip
 
@@ -158,6 +180,13 @@ def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[st
                         help="quality: sparse-attention densities to compare with stock")  # fmt: skip
     parser.add_argument("--sparse-pattern", choices=["cached", "window", "dynamic"], default="cached",
                         help="quality: sparse pattern (default cached)")  # fmt: skip
+    parser.add_argument(
+        "--presets",
+        type=lambda t: [p.strip() for p in t.split(",") if p.strip()],
+        default=[],
+        metavar="P,...",
+        help="quality: bottleneck presets to compare with stock (e.g. wan-2x,wan-3x)",
+    )
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
@@ -166,7 +195,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
 
     try:
         options = QualityOptions(captions=args.captions, steps=args.steps, sparse=tuple(args.sparse),
-                                 sparse_pattern=args.sparse_pattern)  # fmt: skip
+                                 sparse_pattern=args.sparse_pattern, bottleneck=tuple(args.presets))  # fmt: skip
     except ValueError as e:
         raise UsageError(f"bench quality: {e}") from e
     device = "cuda" if torch.cuda.is_available() else "cpu"
