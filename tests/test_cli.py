@@ -245,7 +245,6 @@ def test_unusable_device(tmp_path, capsys):
         (["image", PROMPT, "--explore", "4"], 8),
         (["image", PROMPT, "--optimize", "10"], 8),
         (["batch", "prompts.txt"], 8),
-        (["bench", "e2e"], 6),
     ],
 )
 def test_unavailable_features_are_refused_not_ignored(argv, issue, tmp_path, capsys, monkeypatch):

@@ -17,7 +17,6 @@ from .features import check_feature_flags
 # verbs whose feature has not landed yet: (feature, issue that delivers it)
 PENDING_VERBS = {
     "batch": ("reward-scored batch generation", 8),
-    "bench e2e": ("the end-to-end benchmark", 6),
 }
 
 
@@ -127,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ..bench.quality import add_arguments as add_quality_arguments
 
     add_quality_arguments(bench, parse_densities)
+    from ..bench.e2e import add_arguments as add_e2e_arguments
+
+    add_e2e_arguments(bench)
     return parser
 
 
@@ -158,6 +160,10 @@ def _run(args: argparse.Namespace) -> int:
         from ..bench.quality import run_from_cli as run_quality
 
         return run_quality(args)
+    if args.verb == "bench" and args.suite == "e2e":  # the end-to-end benchmark (issue #6): refuses without CUDA
+        from ..bench.e2e import run_from_cli as run_e2e
+
+        return run_e2e(args)
     if args.verb == "bench":  # bench attention (issue #5): refuses without CUDA (exit 2)
         from ..bench.attention import run_from_cli
 

@@ -1,0 +1,198 @@
+"""The end-to-end benchmark (issue #6) on the CPU: real-size configs, ratio math, writers, command line, and a dry run
+of the timing loop on the tiny fixtures (the code path the H200 runs). Timings are never asserted here.
+"""
+
+import dataclasses
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+from unbottle.bench import e2e
+from unbottle.cli import PENDING_VERBS, main
+from unbottle.testing import tiny_flux_pipeline, tiny_wan_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lines(capsys):
+    return [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+
+
+def _count(build) -> int:
+    with torch.device("meta"):  # shapes only, nothing allocated
+        return sum(p.numel() for p in build().parameters())
+
+
+# ---- real-size configs --------------------------------------------------------------------------------------------
+
+
+def test_flux_dev_transformer_has_the_published_size():
+    with torch.device("meta"):
+        model = e2e.flux_dev_transformer()
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 12e9) / 12e9 < 0.02  # "12B"; the checkpoint holds 11.90B
+    assert len(model.transformer_blocks) == 19 and len(model.single_transformer_blocks) == 38
+    assert model.inner_dim == 3072 and model.config.num_attention_heads * model.config.attention_head_dim == 3072
+    assert model.config.guidance_embeds and model.config.in_channels == 64  # 16 latent channels × 2×2 packing
+
+
+def test_wan_transformer_has_the_published_size():
+    with torch.device("meta"):
+        model = e2e.wan_1_3b_transformer()
+    n = sum(p.numel() for p in model.parameters())
+    # "1.3B" is the model's name; its diffusers checkpoint holds 1.419B parameters (5.68 GB in fp32)
+    assert abs(n - 1.419e9) / 1.419e9 < 0.01 and abs(n - 1.3e9) / 1.3e9 < 0.1
+    assert len(model.blocks) == 30 and model.config.num_attention_heads * model.config.attention_head_dim == 1536
+
+
+@pytest.mark.parametrize("build, expected", [(e2e.flux_dev_vae, 83.8e6), (e2e.wan_vae, 126.9e6)])
+def test_vaes_have_the_published_size(build, expected):
+    assert abs(_count(build) - expected) / expected < 0.01
+
+
+def test_cases_are_the_issue_s_requests():
+    flux, wan, sparse = (e2e.CASES[n] for n in ("flux", "wan", "wan-sparse"))
+    assert (flux.height, flux.width, flux.steps, flux.variants) == (1024, 1024, 50, ("stock", "flux-3x"))
+    assert (wan.frames, wan.height, wan.width, wan.steps, wan.guidance_scale) == (81, 480, 832, 50, 5.0)
+    assert wan.variants == ("stock", "wan-3x", "wan-2x") and sparse.variants == ("stock", "wan-3x+sparse")
+    assert sparse.sparse["density"] == 0.05
+    assert e2e.WAN_SCHEDULER["use_flow_sigmas"] and e2e.WAN_SCHEDULER["flow_shift"] == 3.0
+
+
+def test_quick_and_repeats_scale_the_cases():
+    quick = e2e.effective_case(e2e.CASES["wan"], e2e.E2EOptions(quick=True))
+    assert (quick.steps, quick.frames, quick.repeats) == (e2e.QUICK_STEPS, e2e.QUICK_FRAMES, e2e.QUICK_REPEATS)
+    assert [s.steps for s in e2e.variant_stages("wan-3x", quick)] == [1, 4, 2]  # (5, 20, 8) × 10/50
+    assert [s.steps for s in e2e.variant_stages("wan-3x+sparse", e2e.CASES["wan"])] == [5, 20, 8]
+    assert e2e.variant_stages("stock", quick) is None
+    assert e2e.effective_case(e2e.CASES["flux"], e2e.E2EOptions(repeats=7)).repeats == 7
+    assert e2e.parse_cases("wan, flux") == ["wan", "flux"]
+    with pytest.raises(Exception, match="--cases"):
+        e2e.parse_cases("sd3")
+
+
+# ---- ratios, targets, writers -------------------------------------------------------------------------------------
+
+
+def _row(case, variant, denoise, error=None):
+    row = e2e._new_row(e2e.CASES[case], variant, e2e.variant_stages(variant, e2e.CASES[case]))
+    row.update(denoise_s=denoise, times_s=[denoise] if denoise else [], error=error, transformer_calls=7)
+    return row
+
+
+def test_ratio_math():
+    assert e2e.speedup(10.0, 4.0) == 2.5 and e2e.speedup(None, 4.0) is None and e2e.speedup(10.0, None) is None
+    rows = e2e.finish_case([_row("wan", "stock", 60.0), _row("wan", "wan-3x", 20.0),
+                            _row("wan", "wan-2x", None, "OutOfMemoryError: x")], 10.0)  # fmt: skip
+    assert [r["speedup_denoise"] for r in rows] == [1.0, 3.0, None]
+    assert rows[1]["total_s"] == 30.0 and rows[1]["speedup_total"] == pytest.approx(70 / 30)
+    assert rows[2]["total_s"] is None and rows[2]["speedup_total"] is None
+    no_decode = e2e.finish_case([_row("flux", "stock", 8.0), _row("flux", "flux-3x", 2.0)], None)
+    assert no_decode[1]["speedup_denoise"] == 4.0 and no_decode[1]["total_s"] is None
+    targets = e2e.evaluate_targets(rows + no_decode)
+    by = {t["variant"]: t for t in targets}
+    assert by["wan-3x"]["basis"] == "with decode" and by["wan-3x"]["met"] is False  # 2.33 < 2.5
+    assert by["flux-3x"]["basis"] == "denoise only" and by["flux-3x"]["met"] is True
+    assert "wan-3x+sparse" not in by
+
+
+def test_writers_on_a_synthetic_result(tmp_path):
+    results = e2e._environment(torch.device("cpu"), "python bench/e2e.py -o x", e2e.E2EOptions())
+    results.update(gpu="NVIDIA H200", gpu_tag="h200")
+    rows = e2e.finish_case([_row("wan", "stock", 60.0), _row("wan", "wan-3x", 20.0),
+                            _row("wan", "wan-2x", None, "OutOfMemoryError: CUDA out of memory")], 9.0)  # fmt: skip
+    results["rows"] = rows
+    results["decode"]["wan"] = {"case": "wan", "model": "wan", "decode_s": 9.0, "times_s": [9.0], "error": None}
+    results["targets"] = e2e.evaluate_targets(rows)
+    paths = e2e.write_outputs(results, tmp_path)
+    assert paths["json"].name == "e2e-h200.json" and paths["md"].name == "e2e-h200.md"
+    data = json.loads(paths["json"].read_text())
+    assert data["command"] == "python bench/e2e.py -o x" and data["diffusers"] and "git_commit" in data
+    assert [r["variant"] for r in data["rows"]] == ["stock", "wan-3x", "wan-2x"]
+    md = paths["md"].read_text()
+    assert "| wan-3x | 5+20+8 | 7 | 20.00 | 3.00× | 29.00 | 2.38× |" in md
+    assert "OutOfMemoryError" in md and "| wan | wan-3x | with decode | 2.38× | ≥ 2.5× | ✗ |" in md
+    assert "prompt_embeds" in md  # what is not real-size is said
+    results["cases"], results["options"]["quick"] = ["wan-sparse"], True
+    assert e2e.output_stem(results) == "e2e-h200-wan-sparse-quick"
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_refuses_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "bench e2e" not in PENDING_VERBS
+    assert main(["bench", "e2e", "-o", str(tmp_path / "out")]) == 2
+    assert _lines(capsys) == [f"unbottle bench: error: {e2e.NO_CUDA_MESSAGE}"]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_script_refuses_without_cuda(tmp_path, capsys):
+    script = runpy.run_path(str(ROOT / "bench" / "e2e.py"), run_name="bench_e2e")
+    assert script["main"](["--quick", "--cases", "wan", "-o", str(tmp_path / "out")]) == 2
+    assert _lines(capsys) == [f"bench/e2e.py: error: {e2e.NO_CUDA_MESSAGE}"]
+    assert not (tmp_path / "out").exists()
+
+
+# ---- a dry run of the timing loop on the tiny fixtures ------------------------------------------------------------
+
+
+def test_dry_run_on_the_tiny_pipelines_fills_every_row(tmp_path):
+    pipes = {"flux": tiny_flux_pipeline(), "wan": tiny_wan_pipeline()}
+    tiny = dict(steps=10, repeats=2, text_tokens=16)
+    cases = [
+        dataclasses.replace(e2e.CASES["flux"], height=32, width=32, **tiny),
+        dataclasses.replace(e2e.CASES["wan"], height=64, width=64, frames=9, **tiny),
+        dataclasses.replace(e2e.CASES["wan-sparse"], height=64, width=64, frames=9, **tiny,
+                            sparse={"density": 0.3, "block_size": 8, "full_steps": 1, "refresh_every": 2}),
+    ]  # fmt: skip
+    results = e2e.run_benchmark(e2e.E2EOptions(), tmp_path, "dry run", device="cpu", pipelines=pipes, cases=cases,
+                                log=lambda message: None)  # fmt: skip
+    rows = results["rows"]
+    assert [(r["case"], r["variant"]) for r in rows] == [
+        ("flux", "stock"), ("flux", "flux-3x"), ("wan", "stock"), ("wan", "wan-3x"), ("wan", "wan-2x"),
+        ("wan-sparse", "stock"), ("wan-sparse", "wan-3x+sparse"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["error"] is None, r
+        assert len(r["times_s"]) == 2 and r["denoise_s"] > 0 and r["warmup_s"] > 0
+        assert r["decode_s"] > 0 and r["total_s"] == pytest.approx(r["denoise_s"] + r["decode_s"])
+        assert r["speedup_denoise"] > 0 and r["speedup_total"] > 0
+    calls = {(r["case"], r["variant"]): r["transformer_calls"] for r in rows}
+    assert calls[("flux", "stock")] == 10 and calls[("flux", "flux-3x")] == 1 + 3 + 1  # guidance-distilled: 1 pass
+    assert calls[("wan", "stock")] == 20 and calls[("wan", "wan-3x")] == 2 * (1 + 4 + 2)  # CFG: 2 passes a step
+    sparse = rows[-1]
+    assert sparse["sparse"]["density"] == 0.3 and sparse["warmup"] == "whole generation"
+    assert sparse["patterns_computed_timed"] == 0  # patterns cached at warm-up, reused as across generations
+    assert rows[-2]["stock_from"] == "wan" and rows[-2]["denoise_s"] == rows[2]["denoise_s"]
+    assert {t["variant"] for t in results["targets"]} == {"flux-3x", "wan-3x", "wan-3x+sparse"}
+    for pipe in pipes.values():  # sparse attention is off again
+        assert not any("Sparse" in type(p).__name__ for p in pipe.transformer.attn_processors.values())
+    data = json.loads((tmp_path / f"{e2e.output_stem(results)}.json").read_text())
+    assert len(data["rows"]) == 7 and data["wall_s"] is not None
+
+
+def test_a_failing_variant_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    pipe = tiny_flux_pipeline()
+    case = dataclasses.replace(e2e.CASES["flux"], height=32, width=32, steps=4, repeats=1, text_tokens=16,
+                               variants=("stock", "flux-2x", "flux-3x"))  # fmt: skip
+    real = e2e.variant_stages
+
+    def failing(variant, case):
+        if variant == "flux-2x":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(variant, case)
+
+    monkeypatch.setattr(e2e, "variant_stages", failing)
+    results = e2e.run_benchmark(e2e.E2EOptions(decode=False), tmp_path, "dry", device="cpu", pipelines={"flux": pipe},
+                                cases=[case], log=lambda message: None)  # fmt: skip
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert rows["flux-2x"]["error"].startswith("OutOfMemoryError") and rows["flux-2x"]["denoise_s"] is None
+    assert rows["flux-3x"]["error"] is None and rows["flux-3x"]["speedup_denoise"] > 0
+    assert "OutOfMemoryError" in (tmp_path / f"{e2e.output_stem(results)}.md").read_text()
