@@ -42,6 +42,8 @@ import torch.nn.functional as F
 
 from ..attention_processors.block_mask import num_blocks, pattern_to_block_mask
 from ..attention_processors.patterns import select_blocks
+from . import script
+from .script import writable_output
 
 SHAPES: tuple[tuple[int, int, int], ...] = ((4608, 24, 128), (17776, 48, 64), (32760, 12, 128), (75600, 24, 128))
 DENSITIES: tuple[float, ...] = (1.0, 0.25, 0.10, 0.05, 0.03)
@@ -813,18 +815,9 @@ def _warm_up(device: torch.device) -> None:
 
 def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
     """`unbottle bench attention`: refuse without CUDA (UsageError, exit 2), run, and exit 1 if our check failed."""
-    from ..cli.errors import RunError, UsageError
+    from ..cli.errors import RunError
 
-    if not torch.cuda.is_available():
-        raise UsageError(NO_CUDA_MESSAGE)
-    out_dir = Path(args.output)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".unbottle-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RunError(f"cannot write to {out_dir}: {e}") from e
+    out_dir = writable_output(args, NO_CUDA_MESSAGE)
     command = command or shlex.join(["unbottle", *sys.argv[1:]])
     results = run_benchmark(options_from_args(args), out_dir, command)
     md = out_dir / f"attention-{results['gpu_tag']}.md"
@@ -838,20 +831,9 @@ def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The parser of bench/attention.py: -o plus the shared options."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", default="bench/results", help="output folder (default bench/results)")
-    add_arguments(parser)
-    return parser
+    return script.build_parser(prog, __doc__.splitlines()[0], add_arguments)
 
 
 def main(argv: list[str] | None = None, prog: str = "bench/attention.py") -> int:
     """Entry point of bench/attention.py; returns the exit code (2 without CUDA, 1 if our check failed)."""
-    from ..cli.errors import CLIError
-
-    args = build_parser(prog).parse_args(argv)
-    command = shlex.join(["python", prog, *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run_from_cli(args, command)
-    except CLIError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    return script.script_main(argv, prog, build_parser(prog), run_from_cli)

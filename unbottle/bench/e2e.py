@@ -49,7 +49,9 @@ from pathlib import Path
 
 import torch
 
+from . import script
 from .attention import _error_text, _free, _git_commit, _jsonable, _log, _sync, gpu_tag
+from .script import writable_output
 
 NO_CUDA_MESSAGE = "the end-to-end benchmark needs a CUDA GPU; torch sees none here"
 TEXT_TOKENS = 512  # both pipelines' `max_sequence_length` default: T5/UMT5 embeddings of 512 tokens
@@ -690,19 +692,10 @@ def run_benchmark(
 def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
     """`unbottle bench e2e` (Bottleneck Sampling, Tian et al. 2025): refuse without CUDA (exit 2), run, exit 1 if a
     row failed."""
-    from ..cli.errors import RunError, UsageError
+    from ..cli.errors import RunError
 
-    if not torch.cuda.is_available():
-        raise UsageError(NO_CUDA_MESSAGE)
+    out_dir = writable_output(args, NO_CUDA_MESSAGE)
     options = options_from_args(args)
-    out_dir = Path(args.output)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".unbottle-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RunError(f"cannot write to {out_dir}: {e}") from e
     command = command or shlex.join(["unbottle", *sys.argv[1:]])
     results = run_benchmark(options, out_dir, command)
     print((out_dir / f"{output_stem(results)}.md").read_text())
@@ -714,20 +707,9 @@ def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The parser of bench/e2e.py: -o plus the e2e options."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", default="bench/results", help="output folder (default bench/results)")
-    add_arguments(parser)
-    return parser
+    return script.build_parser(prog, __doc__.splitlines()[0], add_arguments)
 
 
 def main(argv: list[str] | None = None, prog: str = "bench/e2e.py") -> int:
     """Entry point of bench/e2e.py; returns the exit code (2 without CUDA, 1 if a variant failed)."""
-    from ..cli.errors import CLIError
-
-    args = build_parser(prog).parse_args(argv)
-    command = shlex.join(["python", prog, *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run_from_cli(args, command)
-    except CLIError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    return script.script_main(argv, prog, build_parser(prog), run_from_cli)

@@ -1,0 +1,54 @@
+"""What every GPU benchmark entry point shares: the CUDA check, a writable output folder, the script's main()."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def writable_output(args: argparse.Namespace, no_cuda_message: str) -> Path:
+    """The output folder of `args`, created and probed; UsageError without CUDA, RunError if it cannot be written."""
+    from ..cli.errors import RunError, UsageError
+
+    if not torch.cuda.is_available():
+        raise UsageError(no_cuda_message)
+    out_dir = Path(args.output)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".unbottle-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write to {out_dir}: {e}") from e
+    return out_dir
+
+
+def build_parser(
+    prog: str | None, description: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """A benchmark script's parser: -o plus the benchmark's own options."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-o", "--output", default="bench/results", help="output folder (default bench/results)")
+    add_arguments(parser)
+    return parser
+
+
+def script_main(
+    argv: list[str] | None, prog: str, parser: argparse.ArgumentParser,
+    run_from_cli: Callable[[argparse.Namespace, str], int],
+) -> int:  # fmt: skip
+    """Parse, run, and turn the CLI's errors into a one-line message and its exit code."""
+    from ..cli.errors import CLIError
+
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", prog, *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run_from_cli(args, command)
+    except CLIError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
