@@ -125,16 +125,16 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def parse_densities(text: str) -> list[float]:
-    """Block densities in (0, 1], comma-separated, e.g. `1,0.1,0.03`."""
+def parse_densities(text: str, option: str = "--densities") -> list[float]:
+    """Block densities in (0, 1], comma-separated, e.g. `1,0.1,0.03`; errors name `option`."""
     densities = []
     for part in text.split(","):
         try:
             value = float(part)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--densities takes numbers in (0, 1], got {part.strip()!r}") from None
+            raise argparse.ArgumentTypeError(f"{option} takes numbers in (0, 1], got {part.strip()!r}") from None
         if not (math.isfinite(value) and 0.0 < value <= 1.0):
-            raise argparse.ArgumentTypeError(f"--densities takes numbers in (0, 1], got {value}")
+            raise argparse.ArgumentTypeError(f"{option} takes numbers in (0, 1], got {value}")
         densities.append(value)
     return densities
 

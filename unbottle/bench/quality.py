@@ -14,6 +14,7 @@ Writes quality-shapes.json and quality-shapes.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -176,7 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[st
     """The quality benchmark's options on the `bench` parser."""
     parser.add_argument("--captions", type=int, default=64, help="quality: held-out captions (default 64)")
     parser.add_argument("--steps", type=int, default=20, help="quality: denoising steps (default 20)")
-    parser.add_argument("--sparse", type=parse_densities, metavar="D,...", default=[],
+    densities = functools.partial(parse_densities, option="--sparse")
+    parser.add_argument("--sparse", type=densities, metavar="D,...", default=[],
                         help="quality: sparse-attention densities to compare with stock")  # fmt: skip
     parser.add_argument("--sparse-pattern", choices=["cached", "window", "dynamic"], default="cached",
                         help="quality: sparse pattern (default cached)")  # fmt: skip
