@@ -240,7 +240,6 @@ def test_unusable_device(tmp_path, capsys):
     "argv, issue",
     [
         (["text", PROMPT, "--sparse", "0.3"], 9),
-        (["image", PROMPT, "--structured"], 7),
         (["image", PROMPT, "--rewards", "clip"], 8),
         (["image", PROMPT, "--explore", "4"], 8),
         (["image", PROMPT, "--optimize", "10"], 8),
@@ -264,3 +263,19 @@ def test_bench_attention_is_available_and_needs_cuda(tmp_path, capsys, monkeypat
     err = _error(capsys)
     assert "needs a CUDA GPU" in err and "not available yet" not in err
     assert not any(tmp_path.iterdir())
+
+
+def test_structured_flag_guides_the_embedded_model(tmp_path, capsys):
+    plain, structured = tmp_path / "plain.png", tmp_path / "structured.png"
+    assert main(["image", PROMPT, "-o", str(plain), "-q"]) == 0
+    assert main(["image", PROMPT, "-o", str(structured), "-q", "--structured"]) == 0
+    assert "structured cross-attention guidance: on" in capsys.readouterr().err
+    assert not np.array_equal(_pixels(plain), _pixels(structured))
+
+
+def test_structured_flag_on_unsupported_pipeline_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    import unbottle.cli.loading as loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: image_fixtures.tiny_sd3_pipeline())
+    assert main(["image", PROMPT, "-o", str(tmp_path / "x.png"), "-q", "--structured"]) == 2
+    assert "--structured: structured guidance supports" in _error(capsys)

@@ -186,6 +186,8 @@ def _run(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=args.quiet)
     if getattr(args, "sparse", None) is not None:
         _enable_sparse(pipe, args, default)
+    if getattr(args, "structured", False):
+        _enable_structured(pipe)
     runner = make_sampler(pipe, args, stages) if args.verb != "text" else None  # a BottleneckSampler or None
     steps = args.steps if args.steps is not None else (default.steps if default and runner is None else None)
 
@@ -230,6 +232,16 @@ def _enable_sparse(pipe: object, args: argparse.Namespace, default: object | Non
         f"{'on' if config.reshape else 'off'}, {len(handle.layer_hooks)} self-attention layers",
         file=sys.stderr,
     )
+
+
+def _enable_structured(pipe: object) -> None:
+    import unbottle
+
+    try:
+        unbottle.enable_structured_guidance(pipe)
+    except ValueError as e:
+        raise UsageError(f"--structured: {e}") from e
+    print("structured cross-attention guidance: on", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
