@@ -66,3 +66,11 @@ def test_bottleneck_preset_row_uses_its_own_schedule():
     assert preset["setting"] == "bottleneck wan-2x (8/24/12 steps)"
     assert math.isfinite(preset["psnr_vs_stock"])  # another schedule: other images, scored against the same captions
     assert preset["category_counts"] == stock["category_counts"]
+
+
+def test_structured_guidance_row():
+    results = run_quality(QualityOptions(captions=6, steps=2, batch=6, structured=True), log=lambda _: None)
+    stock, structured = results["rows"]
+    assert structured["setting"] == "structured guidance"
+    assert structured["category_counts"] == stock["category_counts"]
+    assert math.isfinite(structured["psnr_vs_stock"])  # caption 4 has two noun phrases: its image changes
