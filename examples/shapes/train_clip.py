@@ -41,6 +41,7 @@ from unbottle.shapes.clip import (  # noqa: E402
     preprocess,
     save_shapes_clip,
 )
+from unbottle.shapes.training_log import open_log  # noqa: E402
 
 HELD_OUT_SEED = 10_000
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -193,13 +194,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
-    logfile = open(args.out / "train.log", "a")
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+    log = open_log(args.out / "train.log")
 
     model = build_shapes_clip().to(device).train()
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)

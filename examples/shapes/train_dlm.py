@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from unbottle.shapes import retrieval  # noqa: E402
+from unbottle.shapes.training_log import open_log  # noqa: E402
 
 HELD_OUT_SEED = 10_000
 STAGE_LENGTHS = (32, 64, 128, 256, 512)  # curriculum document lengths before the training length
@@ -202,13 +203,7 @@ def main(argv=None) -> dict:
         args.eval = 256 if device.type == "cuda" else 16
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(args.seed)
-    logfile = open(args.out / "train.log", "a")
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+    log = open_log(args.out / "train.log")
 
     tok = retrieval.tokenizer()
     max_positions = max(8192, 2 * args.length)
@@ -311,7 +306,7 @@ def main(argv=None) -> dict:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }  # fmt: skip
     (args.out / "dlm_training.json").write_text(json.dumps(record, indent=1))
-    logfile.close()
+    log.file.close()
     return record
 
 

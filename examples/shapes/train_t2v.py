@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from unbottle.shapes import caption, render_image, render_video, sample_scene  # noqa: E402
+from unbottle.shapes.training_log import open_log  # noqa: E402
 from unbottle.shapes.world import BACKGROUND  # noqa: E402
 
 SIZE, FRAMES = 128, 17
@@ -259,13 +260,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    logfile = open(args.out / "train.log", "a")
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+    log = open_log(args.out / "train.log")
 
     pipe = build_pipeline()
     state = {"step": 0, "vae_done": False, "seed": args.seed}
