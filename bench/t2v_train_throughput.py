@@ -18,7 +18,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "shapes"))
 
-from train_t2v import ShapesStream, build_pipeline  # noqa: E402
+from t2v_data import ShapesStream  # noqa: E402
+from train_t2v import build_pipeline  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

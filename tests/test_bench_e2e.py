@@ -118,6 +118,8 @@ def test_writers_on_a_synthetic_result(tmp_path):
     assert "prompt_embeds" in md  # what is not real-size is said
     results["cases"], results["options"]["quick"] = ["wan-sparse"], True
     assert e2e.output_stem(results) == "e2e-h200-wan-sparse-quick"
+    results["cases"] = ["wan-sparse", "flux"]  # names the device tool and any file system take: no "+"
+    assert e2e.output_stem(results) == "e2e-h200-wan-sparse_flux-quick"
 
 
 # ---- command line -------------------------------------------------------------------------------------------------

@@ -26,6 +26,27 @@ def test_density_one_reproduces_stock_and_outputs_are_written(tmp_path):
 def test_captions_are_the_model_cards_held_out_set():
     assert held_out_captions(3) == held_out_captions(5)[:3]
     assert held_out_captions(3) != held_out_captions(3, seed=1)
+    from unbottle.shapes.evaluate import category
+
+    two = held_out_captions(40, kinds=("pair", "relation"))
+    assert {category(c) for c in two} == {"color_binding", "spatial"}
+
+
+def test_noise_seeds_generate_each_caption_with_new_noise():
+    one = run_quality(QualityOptions(captions=2, steps=2, batch=2), log=lambda _: None)["rows"][0]
+    two = run_quality(QualityOptions(captions=2, steps=2, batch=2, noise_seeds=2), log=lambda _: None)["rows"][0]
+    assert sum(two["category_counts"].values()) == 2 * sum(one["category_counts"].values())
+    from unbottle.bench.quality import generate
+    from unbottle.shapes import load_pipeline
+
+    pipe = load_pipeline("t2i")
+    pipe.set_progress_bar_config(disable=True)
+    images = generate(pipe, held_out_captions(2), 2, 2, noise_seeds=2)
+    assert images.shape == (4, 128, 128, 3)
+    import numpy as np
+
+    np.testing.assert_array_equal(images[:2], generate(pipe, held_out_captions(2), 2, 2))  # round 0 = the default
+    assert not np.array_equal(images[:2], images[2:])
 
 
 def test_psnr_and_markdown_on_synthetic_rows():
@@ -44,7 +65,9 @@ def test_psnr_and_markdown_on_synthetic_rows():
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"captions": 0}, "captions"), ({"steps": 0}, "steps"), ({"sparse": (1.5,)}, "density"),
-     ({"bottleneck": ("wan-9x",)}, "preset 'wan-9x' is unknown; available: flux-2x")],
+     ({"bottleneck": ("wan-9x",)}, "preset 'wan-9x' is unknown; available: flux-2x"),
+     ({"kinds": ("pairs",)}, "kinds: 'pairs' is not a scene kind; allowed: single, attribute, pair"),
+     ({"noise_seeds": 0}, "noise_seeds must be ≥ 1")],
 )  # fmt: skip
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):

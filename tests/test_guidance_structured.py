@@ -1,4 +1,4 @@
-"""Structured cross-attention guidance (Feng et al. 2023) on the tiny SD fixture (issue #7)."""
+"""Structured cross-attention guidance (Feng et al. 2023) on the tiny SD, SDXL, PixArt and Wan fixtures (issue #7)."""
 
 from __future__ import annotations
 
@@ -102,14 +102,16 @@ def test_unsupported_pipeline_raises():
         unbottle.enable_structured_guidance(tiny_stable_diffusion_pipeline(), mode="sum")
 
 
-@pytest.mark.parametrize("family", ["pixart", "wan"])
-def test_transformer_families_keep_stock_without_phrases_and_restore_on_disable(family):
-    """PixArt-Sigma and Wan: no phrase → stock output; phrases → another output; disable → stock, bit for bit."""
+@pytest.mark.parametrize("family", ["sdxl", "pixart", "wan"])
+def test_other_families_keep_stock_without_phrases_and_restore_on_disable(family):
+    """SDXL, PixArt-Sigma and Wan: no phrase → stock output; phrases → another output; disable → stock, bit for bit."""
     import numpy as np
 
-    from unbottle.testing import tiny_pixart_pipeline, tiny_wan_pipeline
+    from unbottle.testing import tiny_pixart_pipeline, tiny_sdxl_pipeline, tiny_wan_pipeline
 
-    if family == "pixart":
+    if family == "sdxl":
+        pipe, kw = tiny_sdxl_pipeline(), {"height": 32, "width": 32}
+    elif family == "pixart":
         pipe, kw = tiny_pixart_pipeline(), {"height": 32, "width": 32, "use_resolution_binning": False}
     else:
         pipe, kw = tiny_wan_pipeline(), {"height": 32, "width": 32, "num_frames": 1}
@@ -119,9 +121,37 @@ def test_transformer_families_keep_stock_without_phrases_and_restore_on_disable(
         return np.asarray(out[0])
 
     stock_one, stock_two = run("circle"), run("a red circle and a blue square")
+    model = pipe.unet if family == "sdxl" else pipe.transformer
+    originals = dict(model.attn_processors)
     unbottle.enable_structured_guidance(pipe)
     one, two = run("circle"), run("a red circle and a blue square")
     unbottle.disable_structured_guidance(pipe)
     np.testing.assert_array_equal(stock_one, one)
     assert not np.array_equal(stock_two, two)
     np.testing.assert_array_equal(stock_two, run("a red circle and a blue square"))
+    assert all(model.attn_processors[k] is originals[k] for k in originals)
+
+
+def test_sdxl_splices_both_encoders_and_leaves_a_second_prompt_alone():
+    """SDXL: a phrase's rows come from both text encoders at once (the concatenated channels); prompt_2 → stock."""
+    from unbottle.testing import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline()
+    handle = unbottle.enable_structured_guidance(pipe)
+    try:
+        encode = pipe.encode_prompt.__wrapped__
+        pipe.encode_prompt(prompt=PROMPT, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+        full = encode(prompt=PROMPT, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0][0]
+        stack, _ = handle.stash.rows[0]
+        assert full.shape == (77, 64) and stack.shape == (3, 77, 64)  # 32 + 32 channels: both encoders
+        phrases = noun_phrases(PROMPT)
+        for i, (phrase, (s, e)) in enumerate(zip(phrases, phrase_token_spans(pipe.tokenizer, PROMPT, phrases),
+                                                 strict=True)):  # fmt: skip
+            own = encode(prompt=phrase, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0][0]
+            assert torch.equal(stack[1 + i, s:e], own[1 : 1 + e - s])  # both halves: the phrase's own encodings
+            assert torch.equal(stack[1 + i, e:], full[e:])
+        pipe.encode_prompt(prompt=PROMPT, prompt_2="a blue square", device="cpu", num_images_per_prompt=1,
+                           do_classifier_free_guidance=True)  # fmt: skip
+        assert handle.stash is None  # another text for text_encoder_2: no structure, the stock embeddings
+    finally:
+        handle.disable()

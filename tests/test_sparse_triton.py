@@ -210,7 +210,13 @@ def test_partial_tiles_with_noop_mask_mod_and_broadcast_mask():
     part_idx, full_idx = order[..., :3].contiguous(), order[..., 3:].contiguous()
     part_n = torch.randint(0, 4, (1, 1, nb), device=DEVICE, generator=gen, dtype=torch.int32)
     full_n = torch.randint(0, nb + 1, (1, 1, nb), device=DEVICE, generator=gen, dtype=torch.int32)  # may pass width
-    mask = BlockMask.from_kv_blocks(part_n, part_idx, full_n, full_idx, BLOCK_SIZE=32, seq_lengths=(n, n))
+    width = full_idx.shape[-1]
+    full_n[..., 0] = width + 2  # at least one count past the list's width
+    # torch's from_kv_blocks indexes with the counts when it builds the q-major lists (a device assert on CUDA for a
+    # count past the width): build it with valid counts, then put the over-long counts in the kv-major list we read
+    mask = BlockMask.from_kv_blocks(part_n, part_idx, full_n.clamp(max=width), full_idx, BLOCK_SIZE=32,
+                                    seq_lengths=(n, n))  # fmt: skip
+    mask.full_kv_num_blocks = full_n
     out, lse = run(_launch_into, q, k, v, mask, 0.125, *poisoned(q))
     check(out, lse, q, k, v, mask, scale=0.125)
 

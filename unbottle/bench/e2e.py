@@ -546,7 +546,7 @@ def output_stem(results: dict) -> str:
     stem = f"e2e-{results.get('gpu_tag') or gpu_tag(results.get('gpu', 'gpu'))}"
     cases = results.get("cases") or list(DEFAULT_CASES)
     if list(cases) != list(DEFAULT_CASES):
-        stem += "-" + "+".join(cases)
+        stem += "-" + "_".join(cases)  # letters, digits, "-", "_" only: portable file names
     return stem + ("-quick" if results.get("options", {}).get("quick") else "")
 
 

@@ -46,10 +46,17 @@ class QualityOptions:
     bottleneck: tuple[str, ...] = ()
     structured: bool = False
     seed: int = HELD_OUT_SEED
+    kinds: tuple[str, ...] = ()  # scene kinds of the held-out captions (world.KINDS); () = the natural mix
+    noise_seeds: int = 1  # each caption is generated with this many noises
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("captions", "steps", "batch", "sparse_block_size"):
+        from ..shapes.world import KINDS
+
+        for kind in self.kinds:
+            if kind not in KINDS:
+                raise ValueError(f"kinds: {kind!r} is not a scene kind; allowed: {', '.join(KINDS)}")
+        for name in ("captions", "steps", "batch", "sparse_block_size", "noise_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for d in self.sparse:
@@ -62,17 +69,19 @@ class QualityOptions:
                 raise ValueError(f"bottleneck preset {name!r} is unknown; available: {', '.join(PRESETS)}")
 
 
-def held_out_captions(n: int, seed: int = HELD_OUT_SEED) -> list[str]:
-    """The first `n` held-out captions of the shapes world (the model cards' evaluation set)."""
+def held_out_captions(n: int, seed: int = HELD_OUT_SEED, kinds: tuple[str, ...] = ()) -> list[str]:
+    """The first `n` held-out captions of the shapes world (the model cards' evaluation set), or of `kinds` only."""
     rng = random.Random(seed)
-    return [caption(sample_scene(rng), rng) for _ in range(n)]
+    return [caption(sample_scene(rng, rng.choice(kinds) if kinds else None), rng) for _ in range(n)]
 
 
 @torch.no_grad()
 def generate(
-    pipe: object, captions: list[str], steps: int | None, batch: int, runner: object | None = None
-) -> np.ndarray:
-    """(n, H, W, 3) uint8 images; chunk i uses generator seed i, so every setting sees the same noise.
+    pipe: object, captions: list[str], steps: int | None, batch: int, runner: object | None = None,
+    noise_seeds: int = 1,
+) -> np.ndarray:  # fmt: skip
+    """(noise_seeds·n, H, W, 3) uint8 images; chunk i of noise round r uses generator seed r·1,000,003 + i, so every
+    setting sees the same noise.
 
     `runner` generates in the pipeline's place (a BottleneckSampler: `steps` must then be None)."""
     kwargs = {**call_defaults("t2i"), "output_type": "np"}
@@ -80,9 +89,11 @@ def generate(
     if steps is not None:
         kwargs["num_inference_steps"] = steps
     images = []
-    for i in range(0, len(captions), batch):
-        frames = (runner or pipe)(captions[i : i + batch], generator=torch.Generator().manual_seed(i), **kwargs).frames
-        images += [(np.asarray(f[0]) * 255).round().astype(np.uint8) for f in frames]  # first (only) frame
+    for r in range(noise_seeds):
+        for i in range(0, len(captions), batch):
+            gen = torch.Generator().manual_seed(r * 1_000_003 + i)
+            frames = (runner or pipe)(captions[i : i + batch], generator=gen, **kwargs).frames
+            images += [(np.asarray(f[0]) * 255).round().astype(np.uint8) for f in frames]  # first (only) frame
     return np.stack(images)
 
 
@@ -118,9 +129,11 @@ def run_quality(
 
     pipe = load_pipeline("t2i", device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    captions = held_out_captions(options.captions, options.seed)
+    prompts = held_out_captions(options.captions, options.seed, options.kinds)
+    captions = prompts * options.noise_seeds  # the caption of every generated image, noise round by round
+    gen = functools.partial(generate, noise_seeds=options.noise_seeds)
     start = time.perf_counter()
-    stock = generate(pipe, captions, options.steps, options.batch)
+    stock = gen(pipe, prompts, options.steps, options.batch)
     rows = [_row("stock", stock, captions, stock, time.perf_counter() - start)]
     log(f"stock: accuracy {rows[-1]['accuracy']:.3f}")
     for density in options.sparse:
@@ -129,7 +142,7 @@ def run_quality(
         enable_sparse_attention(pipe, config)
         try:
             start = time.perf_counter()
-            images = generate(pipe, captions, options.steps, options.batch)
+            images = gen(pipe, prompts, options.steps, options.batch)
         finally:
             disable_sparse_attention(pipe)
         name = f"sparse {density:g} ({options.sparse_pattern}, block {options.sparse_block_size})"
@@ -141,7 +154,7 @@ def run_quality(
         enable_structured_guidance(pipe)
         try:
             start = time.perf_counter()
-            images = generate(pipe, captions, options.steps, options.batch)
+            images = gen(pipe, prompts, options.steps, options.batch)
         finally:
             disable_structured_guidance(pipe)
         rows.append(_row("structured guidance", images, captions, stock, time.perf_counter() - start))
@@ -149,7 +162,7 @@ def run_quality(
     for preset in options.bottleneck:
         sampler = BottleneckSampler.from_preset(pipe, preset)
         start = time.perf_counter()
-        images = generate(pipe, captions, None, options.batch, runner=sampler)
+        images = gen(pipe, prompts, None, options.batch, runner=sampler)
         steps = "/".join(str(s.steps) for s in sampler.stages)
         rows.append(_row(f"bottleneck {preset} ({steps} steps)", images, captions, stock, time.perf_counter() - start))
         log(f"{rows[-1]['setting']}: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
@@ -162,9 +175,11 @@ def markdown_report(results: dict) -> str:
     categories = sorted({c for row in results["rows"] for c in row["per_category"]})
     opts = results["options"]
     head = ["setting", "accuracy", "facts", *categories, "PSNR vs stock (dB)", "seconds"]
+    kinds = f" of kinds {', '.join(opts['kinds'])}" if opts.get("kinds") else ""
+    noises = f" × {opts['noise_seeds']} noise seeds" if opts.get("noise_seeds", 1) > 1 else ""
     lines = [
-        f"Shapes T2I quality: {opts['captions']} held-out captions (seed {opts['seed']}), {opts['steps']} steps, "
-        f"{results['device']}.",
+        f"Shapes T2I quality: {opts['captions']} held-out captions{kinds} (seed {opts['seed']}){noises}, "
+        f"{opts['steps']} steps, {results['device']}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -203,6 +218,10 @@ def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[st
         help="quality: bottleneck presets to compare with stock (e.g. wan-2x,wan-3x)",
     )
     parser.add_argument("--structured", action="store_true", help="quality: compare structured guidance with stock")
+    parser.add_argument("--kinds", type=lambda t: [k.strip() for k in t.split(",") if k.strip()], default=[],
+                        metavar="K,...", help="quality: held-out captions of these scene kinds only")  # fmt: skip
+    parser.add_argument("--noise-seeds", type=int, default=1, metavar="N",
+                        help="quality: generate every caption with N noises (default 1)")  # fmt: skip
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
@@ -212,7 +231,8 @@ def run_from_cli(args: argparse.Namespace) -> int:
     try:
         options = QualityOptions(captions=args.captions, steps=args.steps, sparse=tuple(args.sparse),
                                  sparse_pattern=args.sparse_pattern, bottleneck=tuple(args.presets),
-                                 structured=args.structured)  # fmt: skip
+                                 structured=args.structured, kinds=tuple(args.kinds),
+                                 noise_seeds=args.noise_seeds)  # fmt: skip
     except ValueError as e:
         raise UsageError(f"bench quality: {e}") from e
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,7 +9,9 @@ Feng et al. 2023, "Training-Free Structured Diffusion Guidance" (arXiv 2212.0503
    through the model's own per-token caption projection where it has one, to the processors;
 3. installs a `StructuredCrossAttnProcessor` around each cross-attention module's processor (the originals are kept
    and the same objects restored on disable). Self-attention is untouched.
-Supported: UNet Stable Diffusion 1.x/2.x, PixArt-α/Σ and Wan text-to-video pipelines.
+Supported: UNet Stable Diffusion 1.x/2.x and SDXL (both text encoders: a phrase is encoded by the pipeline's own
+`encode_prompt`, which concatenates the two encoders' token states, and spliced into both halves at once), PixArt-α/Σ
+and Wan text-to-video pipelines.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def _wan_text(pipe: Any, prompt: str, arguments: dict[str, Any]) -> str:
 
 
 _SD = _Family("sd", "unet", lambda model: None, lambda pipe, prompt, arguments: prompt, None)
+_SDXL = _Family("sdxl", "unet", lambda model: None, lambda pipe, prompt, arguments: prompt, None)
 _PIXART = _Family("pixart", "transformer", lambda model: model.caption_projection, _pixart_text, "max_sequence_length")
 _WAN = _Family(
     "wan", "transformer", lambda model: model.condition_embedder.text_embedder, _wan_text, "max_sequence_length"
@@ -72,17 +75,25 @@ _WAN = _Family(
 
 
 def _family(pipe: object) -> _Family:
-    from diffusers import PixArtAlphaPipeline, PixArtSigmaPipeline, StableDiffusionPipeline, WanPipeline
+    from diffusers import (
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        WanPipeline,
+    )
 
     if isinstance(pipe, StableDiffusionPipeline):
         return _SD
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return _SDXL
     if isinstance(pipe, PixArtAlphaPipeline | PixArtSigmaPipeline):
         return _PIXART
     if type(pipe) is WanPipeline:
         return _WAN
     raise ValueError(
-        f"structured guidance supports Stable Diffusion 1.x/2.x, PixArt-α/Σ and Wan text-to-video pipelines, not "
-        f"{type(pipe).__name__}"
+        f"structured guidance supports Stable Diffusion 1.x/2.x and SDXL, PixArt-α/Σ and Wan text-to-video "
+        f"pipelines, not {type(pipe).__name__}"
     )
 
 
@@ -131,6 +142,8 @@ def _wrap_encode_prompt(pipe: Any, family: _Family, handle: StructuredGuidanceHa
         handle.stash = None
         if prompt is None or arguments.get("prompt_embeds") is not None:
             return out
+        if family is _SDXL and arguments.get("prompt_2") not in (None, prompt):
+            return out  # a second prompt for text_encoder_2: its half of the embedding has other phrases; stock
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cond = out[0]  # (N, L, C), N = len(prompts) × per-prompt count
         repeat = arguments.get(per_prompt, 1) if per_prompt else 1
@@ -143,6 +156,9 @@ def _wrap_encode_prompt(pipe: Any, family: _Family, handle: StructuredGuidanceHa
                 overrides[per_prompt] = 1
             if family is _PIXART:
                 overrides["clean_caption"] = False  # the phrases come from the already-processed text
+            if family is _SDXL:
+                overrides |= {"prompt_2": None, "negative_prompt": None, "negative_prompt_2": None,
+                              "pooled_prompt_embeds": None, "negative_pooled_prompt_embeds": None}  # fmt: skip
             return original(**(arguments | overrides))[0]
 
         rows = []

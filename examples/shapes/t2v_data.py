@@ -1,0 +1,148 @@
+"""Training data of the shapes text-to-image/video model: a pixel stream (VAE phase) and latent banks (DiT phase).
+
+The VAE learns from an endless seeded stream of rendered images and clips. The DiT learns from *latent banks*:
+seeded scenes rendered once by a process pool (started before CUDA, so it renders while the VAE trains), encoded
+once by the trained VAE, normalized with the bank's own per-channel statistics and kept on the GPU with their
+captions' token ids. This takes the VAE encoder (36 ms per 256 images on an H200) and the data loader out of every
+DiT step.
+
+Captions are embedded exactly as `WanPipeline.__call__` embeds prompts (`_get_t5_prompt_embeds` at its default
+`max_sequence_length=512`: encoder outputs past each prompt's tokens are zeros), but the encoder runs on the
+captions' own tokens only; pads are masked out of its attention, so their number does not change the result.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unbottle.shapes import caption, render_image, render_video, sample_scene
+
+SIZE, FRAMES = 128, 17
+TEXT_LENGTH = 512  # WanPipeline.__call__'s max_sequence_length: train on the padding the pipeline feeds at inference
+
+
+class ShapesStream(torch.utils.data.IterableDataset):
+    """Endless (pixels (3, F, H, W) in [-1, 1], caption) pairs from the seeded generator; video with prob `video`."""
+
+    def __init__(self, seed: int, video: float) -> None:
+        self.seed, self.video = seed, video
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        while True:
+            is_video = rng.random() < self.video
+            scene = sample_scene(rng, video=is_video)
+            frames = render_video(scene, SIZE, FRAMES) if is_video else render_image(scene, SIZE)[None]
+            pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, F, H, W)
+            yield pixels, caption(scene, rng)
+
+
+def batches(seed: int, video: bool, batch: int, workers: int) -> Iterator:
+    """Batches of one kind (all images or all videos), so frame counts match within a batch."""
+    stream = ShapesStream(seed, 1.0 if video else 0.0)
+    return iter(torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers,
+                                            persistent_workers=workers > 0))  # fmt: skip
+
+
+def render_chunk(job: tuple[int, int, int, bool]) -> tuple[np.ndarray, list[str]]:
+    """Chunk `index` of a bank: `count` seeded scenes as (count, F, H, W, 3) uint8 and their captions."""
+    seed, index, count, video = job
+    rng = random.Random(seed * 1_000_003 + index)
+    frames, captions = [], []
+    for _ in range(count):
+        scene = sample_scene(rng, video=video)
+        frames.append(render_video(scene, SIZE, FRAMES) if video else render_image(scene, SIZE)[None])
+        captions.append(caption(scene, rng))
+    return np.stack(frames), captions
+
+
+def render_jobs(seed: int, count: int, video: bool, chunk: int) -> list[tuple[int, int, int, bool]]:
+    """The `render_chunk` jobs of a bank of `count` items (the same chunks, hence scenes, on every machine)."""
+    return [(seed, i, min(chunk, count - i * chunk), video) for i in range(math.ceil(count / chunk))]
+
+
+def tokenize(tokenizer, captions: list[str], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask (B, L) as `WanPipeline` tokenizes prompts; L = `length`, or the longest caption's."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    padding = {"padding": "max_length", "max_length": length} if length else {"padding": "longest"}
+    tokens = tokenizer([prompt_clean(c) for c in captions], **padding, truncation=True, add_special_tokens=True,
+                       return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    return tokens.input_ids, tokens.attention_mask
+
+
+def encode_text(text_encoder, ids: torch.Tensor, mask: torch.Tensor, length: int = TEXT_LENGTH) -> torch.Tensor:
+    """Prompt embeddings (B, `length`, D) equal to `WanPipeline._get_t5_prompt_embeds(max_sequence_length=length)`."""
+    hidden = text_encoder(ids, mask).last_hidden_state * mask[..., None]  # (B, L, D); zeros past each prompt
+    return F.pad(hidden, (0, 0, 0, length - hidden.shape[1]))  # (B, length, D)
+
+
+@dataclass
+class LatentBank:
+    """Normalized VAE latents (N, C, F, h, w) fp16 with their captions' token ids and masks (N, L), on one device."""
+
+    latents: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`n` random items (with replacement): latents as fp32, ids, mask."""
+        idx = torch.randint(len(self), (n,), device=self.latents.device, generator=gen)
+        return self.latents[idx].float(), self.ids[idx], self.mask[idx]
+
+
+@torch.no_grad()
+def encode_bank(
+    vae, chunks: Iterator[tuple[np.ndarray, list[str]]], device: torch.device, batch: int,
+    log: Callable[[str], None], name: str,
+) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+    """Encode rendered chunks with the VAE (posterior mode, bf16 autocast on CUDA): raw latents fp16 and captions."""
+    latents, captions, start = [], [], time.time()
+    for frames, texts in chunks:
+        pixels = torch.from_numpy(frames).to(device).permute(0, 4, 1, 2, 3)  # (n, 3, F, H, W) uint8
+        for part in pixels.split(batch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                z = vae.encode(part.float() / 127.5 - 1.0).latent_dist.mode()
+            latents.append(z.to(torch.float16))
+        captions += texts
+    log(f"{name} bank: {len(captions)} items encoded in {time.time() - start:.0f} s (rendering overlapped)")
+    return torch.cat(latents), captions
+
+
+def latent_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of raw latents (N, C, F, h, w), accumulated in fp64."""
+    total = torch.zeros(latents.shape[1], dtype=torch.float64, device=latents.device)
+    squares, count = total.clone(), 0
+    for part in latents.split(4096):
+        z = part.double().transpose(0, 1).flatten(1)  # (C, n·F·h·w)
+        total += z.sum(1)
+        squares += (z * z).sum(1)
+        count += z.shape[1]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-6).sqrt()
+    return mean.tolist(), std.clamp_min(1e-3).tolist()
+
+
+def make_bank(
+    latents: torch.Tensor, captions: list[str], tokenizer, mean: list[float], std: list[float]
+) -> LatentBank:  # fmt: skip
+    """Normalize raw latents in place with (mean, std), as the pipeline un-normalizes them, and tokenize captions."""
+    view = (1, -1) + (1,) * (latents.dim() - 2)
+    mean_t = torch.tensor(mean, device=latents.device).view(view)
+    std_t = torch.tensor(std, device=latents.device).view(view)
+    for part in latents.split(4096):
+        part.copy_(((part.float() - mean_t) / std_t).to(part.dtype))
+    ids, mask = tokenize(tokenizer, captions)
+    return LatentBank(latents, ids.to(latents.device), mask.to(latents.device))
