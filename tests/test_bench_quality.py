@@ -57,9 +57,10 @@ def test_psnr_and_markdown_on_synthetic_rows():
     b[0, 0, 0, 0] = 255  # one pixel of 96 off by 255: MSE = 255² / 96
     assert psnr(a, a) == math.inf and psnr(a, b) == pytest.approx(10 * math.log10(96))
     row = {"setting": "x", "accuracy": 0.5, "fact_accuracy": 0.75, "per_category": {"count": 1.0},
-           "psnr_vs_stock": 30.0, "seconds": 1.0}  # fmt: skip
+           "per_fact": {"count": 0.25, "object": 1.0}, "psnr_vs_stock": 30.0, "seconds": 1.0}  # fmt: skip
     md = markdown_report({"rows": [row], "options": {"captions": 2, "seed": 0, "steps": 1}, "device": "cpu"})
-    assert "| x | 0.500 | 0.750 | 1.000 | 30.0 | 1.0 |" in md
+    assert "| setting | accuracy | facts | count | fact: object | fact: count | PSNR vs stock (dB) | seconds |" in md
+    assert "| x | 0.500 | 0.750 | 1.000 | 1.000 | 0.250 | 30.0 | 1.0 |" in md
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..shapes import call_defaults, caption, load_pipeline, sample_scene
-from ..shapes.evaluate import Report, evaluate
+from ..shapes.evaluate import FACT_TYPES, Report, evaluate
 
 HELD_OUT_SEED = 10_000
 
@@ -114,6 +114,7 @@ def _row(name: str, images: np.ndarray, captions: list[str], stock: np.ndarray, 
     return {
         "setting": name, "accuracy": report.accuracy, "fact_accuracy": fact_accuracy(report),
         "per_category": report.per_category, "category_counts": report.category_counts,
+        "per_fact": report.per_fact, "fact_counts": report.fact_counts,
         "psnr_vs_stock": psnr(images, stock),  # over the whole set (a mean of per-image PSNRs is inf if one matches)
         "seconds": round(seconds, 2),
     }  # fmt: skip
@@ -171,10 +172,12 @@ def run_quality(
 
 
 def markdown_report(results: dict) -> str:
-    """One row per setting: accuracy, fact accuracy, per-category accuracy, PSNR vs stock, time."""
+    """One row per setting: accuracy, fact accuracy, per-category and per-fact accuracy, PSNR vs stock, time."""
     categories = sorted({c for row in results["rows"] for c in row["per_category"]})
+    facts = [f for f in FACT_TYPES if any(f in row.get("per_fact", {}) for row in results["rows"])]
     opts = results["options"]
-    head = ["setting", "accuracy", "facts", *categories, "PSNR vs stock (dB)", "seconds"]
+    fact_heads = [f"fact: {f}" for f in facts]
+    head = ["setting", "accuracy", "facts", *categories, *fact_heads, "PSNR vs stock (dB)", "seconds"]
     kinds = f" of kinds {', '.join(opts['kinds'])}" if opts.get("kinds") else ""
     noises = f" × {opts['noise_seeds']} noise seeds" if opts.get("noise_seeds", 1) > 1 else ""
     lines = [
@@ -187,6 +190,7 @@ def markdown_report(results: dict) -> str:
     for row in results["rows"]:
         cells = [row["setting"], f"{row['accuracy']:.3f}", f"{row['fact_accuracy']:.3f}"]
         cells += [f"{row['per_category'][c]:.3f}" if c in row["per_category"] else "–" for c in categories]
+        cells += [f"{row['per_fact'][f]:.3f}" if f in row.get("per_fact", {}) else "–" for f in facts]
         cells += [f"{row['psnr_vs_stock']:.1f}", f"{row['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
