@@ -29,6 +29,11 @@ SIZE, FRAMES = 128, 17
 TEXT_LENGTH = 512  # WanPipeline.__call__'s max_sequence_length: train on the padding the pipeline feeds at inference
 
 
+def scene_frames(scene, video: bool) -> np.ndarray:
+    """A scene as (F, H, W, 3) uint8: its 17-frame clip, or its still image as one frame."""
+    return render_video(scene, SIZE, FRAMES) if video else render_image(scene, SIZE)[None]
+
+
 class ShapesStream(torch.utils.data.IterableDataset):
     """Endless (pixels (3, F, H, W) in [-1, 1], caption) pairs from the seeded generator; video with prob `video`."""
 
@@ -41,8 +46,8 @@ class ShapesStream(torch.utils.data.IterableDataset):
         while True:
             is_video = rng.random() < self.video
             scene = sample_scene(rng, video=is_video)
-            frames = render_video(scene, SIZE, FRAMES) if is_video else render_image(scene, SIZE)[None]
-            pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, F, H, W)
+            frames = torch.from_numpy(scene_frames(scene, is_video))  # (F, H, W, 3) uint8
+            pixels = frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, F, H, W)
             yield pixels, caption(scene, rng)
 
 
@@ -60,7 +65,7 @@ def render_chunk(job: tuple[int, int, int, bool]) -> tuple[np.ndarray, list[str]
     frames, captions = [], []
     for _ in range(count):
         scene = sample_scene(rng, video=video)
-        frames.append(render_video(scene, SIZE, FRAMES) if video else render_image(scene, SIZE)[None])
+        frames.append(scene_frames(scene, video))
         captions.append(caption(scene, rng))
     return np.stack(frames), captions
 
@@ -88,11 +93,14 @@ def encode_text(text_encoder, ids: torch.Tensor, mask: torch.Tensor, length: int
 
 @dataclass
 class LatentBank:
-    """Normalized VAE latents (N, C, F, h, w) fp16 with their captions' token ids and masks (N, L), on one device."""
+    """Normalized VAE latents (N, C, F, h, w) fp16 with their captions' token ids and masks (N, L), on one device,
+    and the empty caption's ids and mask (1, L) at the same length (classifier-free-guidance dropout)."""
 
     latents: torch.Tensor
     ids: torch.Tensor
     mask: torch.Tensor
+    empty_ids: torch.Tensor
+    empty_mask: torch.Tensor
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -101,6 +109,10 @@ class LatentBank:
         """`n` random items (with replacement): latents as fp32, ids, mask."""
         idx = torch.randint(len(self), (n,), device=self.latents.device, generator=gen)
         return self.latents[idx].float(), self.ids[idx], self.mask[idx]
+
+    def drop_captions(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`ids`, `mask` (B, L) with the rows where `drop` (B,) is true replaced by the empty caption."""
+        return torch.where(drop[:, None], self.empty_ids, ids), torch.where(drop[:, None], self.empty_mask, mask)
 
 
 @torch.no_grad()
@@ -145,4 +157,5 @@ def make_bank(
     for part in latents.split(4096):
         part.copy_(((part.float() - mean_t) / std_t).to(part.dtype))
     ids, mask = tokenize(tokenizer, captions)
-    return LatentBank(latents, ids.to(latents.device), mask.to(latents.device))
+    empty_ids, empty_mask = tokenize(tokenizer, [""], ids.shape[1])
+    return LatentBank(latents, *(t.to(latents.device) for t in (ids, mask, empty_ids, empty_mask)))

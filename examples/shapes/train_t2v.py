@@ -45,7 +45,6 @@ from t2v_data import (  # noqa: E402
     make_bank,
     render_chunk,
     render_jobs,
-    tokenize,
 )
 
 from unbottle.shapes import caption, render_image, sample_scene  # noqa: E402
@@ -162,8 +161,6 @@ def train_dit(pipe, args, device, log, state: dict, image_bank, video_bank) -> E
     if state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
     gen = torch.Generator(device=device).manual_seed(args.seed + state["step"])
-    empty = {id(bank): [t.to(device) for t in tokenize(pipe.tokenizer, [""], bank.ids.shape[1])]
-             for bank in (image_bank, video_bank)}  # the empty caption at each bank's token length
     start, last_save, last_eval, first_step = time.time(), time.time(), time.time(), state["step"]
     budget, seen, t_log = args.dit_minutes * 60, 0, time.time()
     while (elapsed := time.time() - start) < budget:
@@ -175,8 +172,7 @@ def train_dit(pipe, args, device, log, state: dict, image_bank, video_bank) -> E
         bank = video_bank if video else image_bank
         x0, ids, mask = bank.sample(max(1, args.batch // 8) if video else args.batch, gen)
         b = x0.shape[0]
-        drop = (torch.rand(b, device=device, generator=gen) < 0.1)[:, None]  # empty captions for CFG
-        ids, mask = (torch.where(drop, e, t) for e, t in zip(empty[id(bank)], (ids, mask), strict=True))
+        ids, mask = bank.drop_captions(ids, mask, torch.rand(b, device=device, generator=gen) < 0.1)  # for CFG
         sigma = torch.sigmoid(torch.randn(b, device=device, generator=gen)).view(b, 1, 1, 1, 1)  # logit-normal
         noise = torch.randn(x0.shape, device=device, generator=gen)
         xt = (1 - sigma) * x0 + sigma * noise

@@ -132,9 +132,9 @@ def run_quality(
     pipe.set_progress_bar_config(disable=True)
     prompts = held_out_captions(options.captions, options.seed, options.kinds)
     captions = prompts * options.noise_seeds  # the caption of every generated image, noise round by round
-    gen = functools.partial(generate, noise_seeds=options.noise_seeds)
+    generate_all = functools.partial(generate, noise_seeds=options.noise_seeds)
     start = time.perf_counter()
-    stock = gen(pipe, prompts, options.steps, options.batch)
+    stock = generate_all(pipe, prompts, options.steps, options.batch)
     rows = [_row("stock", stock, captions, stock, time.perf_counter() - start)]
     log(f"stock: accuracy {rows[-1]['accuracy']:.3f}")
     for density in options.sparse:
@@ -143,7 +143,7 @@ def run_quality(
         enable_sparse_attention(pipe, config)
         try:
             start = time.perf_counter()
-            images = gen(pipe, prompts, options.steps, options.batch)
+            images = generate_all(pipe, prompts, options.steps, options.batch)
         finally:
             disable_sparse_attention(pipe)
         name = f"sparse {density:g} ({options.sparse_pattern}, block {options.sparse_block_size})"
@@ -155,7 +155,7 @@ def run_quality(
         enable_structured_guidance(pipe)
         try:
             start = time.perf_counter()
-            images = gen(pipe, prompts, options.steps, options.batch)
+            images = generate_all(pipe, prompts, options.steps, options.batch)
         finally:
             disable_structured_guidance(pipe)
         rows.append(_row("structured guidance", images, captions, stock, time.perf_counter() - start))
@@ -163,7 +163,7 @@ def run_quality(
     for preset in options.bottleneck:
         sampler = BottleneckSampler.from_preset(pipe, preset)
         start = time.perf_counter()
-        images = gen(pipe, prompts, None, options.batch, runner=sampler)
+        images = generate_all(pipe, prompts, None, options.batch, runner=sampler)
         steps = "/".join(str(s.steps) for s in sampler.stages)
         rows.append(_row(f"bottleneck {preset} ({steps} steps)", images, captions, stock, time.perf_counter() - start))
         log(f"{rows[-1]['setting']}: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
