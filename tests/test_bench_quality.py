@@ -98,3 +98,24 @@ def test_structured_guidance_row():
     assert structured["setting"] == "structured guidance"
     assert structured["category_counts"] == stock["category_counts"]
     assert math.isfinite(structured["psnr_vs_stock"])  # caption 4 has two noun phrases: its image changes
+
+
+def test_noise_search_rows_start_from_the_stock_noise_and_count_passes():
+    from unbottle.bench.quality import parse_noise_search
+
+    assert parse_noise_search("1x0, 4x2") == [(1, 0), (4, 2)]
+    for bad in ("4", "x2", "2x-1", "ax1"):
+        with pytest.raises(ValueError, match="--noise item"):
+            parse_noise_search(bad)
+    with pytest.raises(ValueError, match="noise search 0x1"):
+        QualityOptions(noise_search=((0, 1),))
+    # one caption in batches of one: the stock image is seed 0's, as is the noise search's plain (1 × 0) row
+    options = QualityOptions(captions=1, steps=2, batch=1, noise_search=((1, 0), (2, 2)))
+    results = run_quality(options, log=lambda _: None)
+    stock, plain, search = results["rows"]
+    assert plain["setting"] == "noise search 1 seed × 0 it" and plain["psnr_vs_stock"] == math.inf
+    assert (plain["forward_passes"], plain["backward_passes"]) == (1, 0)
+    assert search["setting"] == "noise search 2 seeds × 2 it"
+    assert (search["forward_passes"], search["backward_passes"]) == (4, 2)
+    table = markdown_report(results)
+    assert "generator passes / image (fwd + bwd)" in table and "| 4 + 2 |" in table and "| 1 + 0 |" in table

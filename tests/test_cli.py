@@ -240,10 +240,6 @@ def test_unusable_device(tmp_path, capsys):
     "argv, issue",
     [
         (["text", PROMPT, "--sparse", "0.3"], 9),
-        (["image", PROMPT, "--rewards", "clip"], 8),
-        (["image", PROMPT, "--explore", "4"], 8),
-        (["image", PROMPT, "--optimize", "10"], 8),
-        (["batch", "prompts.txt"], 8),
     ],
 )
 def test_unavailable_features_are_refused_not_ignored(argv, issue, tmp_path, capsys, monkeypatch):

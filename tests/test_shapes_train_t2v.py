@@ -15,7 +15,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "train_t2v.py"
 TINY = ["--vae-minutes", "0.01", "--dit-minutes", "0.01", "--batch", "2", "--vae-batch", "2", "--workers", "0",
         "--eval", "0", "--eval-videos", "0", "--vae-check", "0", "--eval-every", "0", "--bank-images", "8",
-        "--bank-videos", "2", "--bank-workers", "1"]  # fmt: skip
+        "--bank-videos", "2", "--bank-workers", "1", "--low-images", "8"]  # fmt: skip
 
 
 @pytest.mark.timeout(600)
@@ -124,3 +124,63 @@ def test_ema_recurrence_warm_up_and_swap():
     assert other.updates == 12 and other.decay == 0.9 and torch.equal(other.shadow[0], ema.shadow[0])
     with pytest.raises(ValueError, match="ema decay = 1.0"):
         EMA([p], decay=1.0)
+
+
+def test_compact_text_attention_equals_the_pipelines_512_positions(fresh_pipe):
+    """Captions padded to T positions, pad keys counted as 512 − L, give the 512-position output (unbiased: not)."""
+    from compact_text import CompactTextAttnProcessor, set_compact_text
+    from t2v_data import compact_length, encode_text, tokenize
+
+    captions = ["a red circle", "a dotted yellow square below a solid pink circle", "", "two green stars"]
+    ids, mask = tokenize(fresh_pipe.tokenizer, captions)
+    length = compact_length(ids)
+    assert length % 8 == 0 and length > ids.shape[1]
+    transformer = fresh_pipe.transformer
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(4, 8, 1, 8, 8, generator=gen), torch.tensor([50.0, 300.0, 700.0, 990.0])
+    with torch.no_grad():
+        full, short = encode_text(fresh_pipe.text_encoder, ids, mask), encode_text(fresh_pipe.text_encoder, ids, mask,
+                                                                                     length)  # fmt: skip
+        stock = transformer(x, t, full, return_dict=False)[0]
+        stock_short = transformer(x, t, short, return_dict=False)[0]
+        original = set_compact_text(transformer)
+        try:
+            compact = transformer(x, t, short, return_dict=False)[0]
+            compact_full = transformer(x, t, full, return_dict=False)[0]
+            assert sum(isinstance(p, CompactTextAttnProcessor) for p in transformer.attn_processors.values()) == 8
+        finally:
+            transformer.set_attn_processor(original)
+    scale = stock.abs().mean()
+    assert (compact - stock).abs().max() <= 1e-5 * scale.clamp_min(1) * 10
+    assert (compact_full - stock).abs().max() <= 1e-6 * scale.clamp_min(1) * 10  # no bias at 512 positions
+    assert (stock_short - stock).abs().max() > 1e-3 * scale  # the pad count matters: the bias is what makes it exact
+    with pytest.raises(ValueError, match="at most length=512"):
+        CompactTextAttnProcessor(512)(transformer.blocks[0].attn2, x.new_zeros(1, 4, 256), x.new_zeros(1, 600, 256))
+
+
+def test_kind_weights_steer_the_image_banks():
+    from t2v_data import parse_kind_weights, render_chunk, render_jobs
+
+    from unbottle.shapes import parse_caption
+
+    assert parse_kind_weights("") is None and parse_kind_weights("relation:4,count:0") == (1.0, 1.0, 1.0, 4.0, 0.0)
+    for bad in ("spatial:2", "relation", "relation:-1", "single:0,attribute:0,pair:0,relation:0,count:0"):
+        with pytest.raises(ValueError, match="kind-weights"):
+            parse_kind_weights(bad)
+    only_relations = parse_kind_weights("single:0,attribute:0,pair:0,relation:1,count:0")
+    job = render_jobs(3, 6, False, 6, only_relations)[0]
+    frames, captions = render_chunk(job)
+    assert [parse_caption(c).category for c in captions] == ["spatial"] * 6
+    again, captions_again = render_chunk(job)
+    np.testing.assert_array_equal(frames, again)
+    assert captions == captions_again and render_chunk(render_jobs(3, 6, False, 6)[0])[1] != captions
+
+
+def test_low_resolution_bank_is_encoded_from_resized_renders(fresh_pipe):
+    from t2v_data import encode_bank, render_chunk, render_jobs
+
+    chunks = [render_chunk(job) for job in render_jobs(4, 3, False, 3)]
+    latents, captions = encode_bank(fresh_pipe.vae, iter(chunks), torch.device("cpu"), 2, lambda _: None, "t", 64)
+    assert latents.shape == (3, 8, 1, 16, 16) and latents.dtype == torch.float16 and captions == chunks[0][1]
+    full, _ = encode_bank(fresh_pipe.vae, iter(chunks), torch.device("cpu"), 2, lambda _: None, "t")
+    assert full.shape == (3, 8, 1, 32, 32)

@@ -207,16 +207,15 @@ def test_partial_tiles_with_noop_mask_mod_and_broadcast_mask():
     nb = bm.num_blocks(n, 32)
     q, k, v = random_qkv(gen, 2, 3, n, n, 64)
     order = torch.rand(1, 1, nb, nb, device=DEVICE, generator=gen).argsort(-1).int()  # (1, 1, nQ, nK)
-    part_idx, full_idx = order[..., :3].contiguous(), order[..., 3:].contiguous()
+    # torch's from_kv_blocks densifies each list with as many columns as the list is wide (a device assert on CUDA
+    # for a narrower list): both lists span all nK columns; partial = order[:3], full = order[3:] (disjoint)
+    part_idx, full_idx = order.contiguous(), torch.cat([order[..., 3:], order[..., :3]], -1).contiguous()
     part_n = torch.randint(0, 4, (1, 1, nb), device=DEVICE, generator=gen, dtype=torch.int32)
-    full_n = torch.randint(0, nb + 1, (1, 1, nb), device=DEVICE, generator=gen, dtype=torch.int32)  # may pass width
-    width = full_idx.shape[-1]
-    full_n[..., 0] = width + 2  # at least one count past the list's width
-    # torch's from_kv_blocks indexes with the counts when it builds the q-major lists (a device assert on CUDA for a
-    # count past the width): build it with valid counts, then put the over-long counts in the kv-major list we read
-    mask = BlockMask.from_kv_blocks(part_n, part_idx, full_n.clamp(max=width), full_idx, BLOCK_SIZE=32,
-                                    seq_lengths=(n, n))  # fmt: skip
-    mask.full_kv_num_blocks = full_n
+    full_n = torch.randint(0, nb - 2, (1, 1, nb), device=DEVICE, generator=gen, dtype=torch.int32)
+    mask = BlockMask.from_kv_blocks(part_n, part_idx, full_n, full_idx, BLOCK_SIZE=32, seq_lengths=(n, n))
+    # then a count past its list's width in the kv-major lists we read (row 0: every block full, none partial)
+    mask.kv_num_blocks = part_n.clone().index_fill_(-1, torch.tensor([0], device=DEVICE), 0)
+    mask.full_kv_num_blocks = full_n.clone().index_fill_(-1, torch.tensor([0], device=DEVICE), nb + 2)
     out, lse = run(_launch_into, q, k, v, mask, 0.125, *poisoned(q))
     check(out, lse, q, k, v, mask, scale=0.125)
 

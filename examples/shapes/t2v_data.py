@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from unbottle.shapes import caption, render_image, render_video, sample_scene
+from unbottle.shapes.world import KINDS
 
 SIZE, FRAMES = 128, 17
 TEXT_LENGTH = 512  # WanPipeline.__call__'s max_sequence_length: train on the padding the pipeline feeds at inference
@@ -58,21 +59,48 @@ def batches(seed: int, video: bool, batch: int, workers: int) -> Iterator:
                                             persistent_workers=workers > 0))  # fmt: skip
 
 
-def render_chunk(job: tuple[int, int, int, bool]) -> tuple[np.ndarray, list[str]]:
-    """Chunk `index` of a bank: `count` seeded scenes as (count, F, H, W, 3) uint8 and their captions."""
-    seed, index, count, video = job
+def render_chunk(job: tuple) -> tuple[np.ndarray, list[str]]:
+    """Chunk `index` of a bank: `count` seeded scenes as (count, F, H, W, 3) uint8 and their captions; image scenes
+    drawn with `kind_weights` over `KINDS` when the job has them (uniform otherwise)."""
+    seed, index, count, video, *rest = job
+    kind_weights = rest[0] if rest else None
     rng = random.Random(seed * 1_000_003 + index)
     frames, captions = [], []
     for _ in range(count):
-        scene = sample_scene(rng, video=video)
+        kind = rng.choices(KINDS, weights=kind_weights)[0] if kind_weights and not video else None
+        scene = sample_scene(rng, kind, video=video)
         frames.append(scene_frames(scene, video))
         captions.append(caption(scene, rng))
     return np.stack(frames), captions
 
 
-def render_jobs(seed: int, count: int, video: bool, chunk: int) -> list[tuple[int, int, int, bool]]:
+def render_jobs(
+    seed: int, count: int, video: bool, chunk: int, kind_weights: tuple[float, ...] | None = None
+) -> list[tuple]:  # fmt: skip
     """The `render_chunk` jobs of a bank of `count` items (the same chunks, hence scenes, on every machine)."""
-    return [(seed, i, min(chunk, count - i * chunk), video) for i in range(math.ceil(count / chunk))]
+    extra = (tuple(kind_weights),) if kind_weights else ()
+    return [(seed, i, min(chunk, count - i * chunk), video, *extra) for i in range(math.ceil(count / chunk))]
+
+
+def parse_kind_weights(text: str | None) -> tuple[float, ...] | None:
+    """Parse `--kind-weights`: "pair:3,relation:4" → weights over `KINDS` (unnamed kinds weigh 1); "" → None."""
+    if not text:
+        return None
+    weights = dict.fromkeys(KINDS, 1.0)
+    for item in text.split(","):
+        name, _, value = item.partition(":")
+        if name.strip() not in weights or not value:
+            raise ValueError(f"--kind-weights item {item!r}: expected KIND:WEIGHT with KIND in {', '.join(KINDS)}")
+        weights[name.strip()] = float(value)
+    if min(weights.values()) < 0 or sum(weights.values()) <= 0:
+        raise ValueError(f"--kind-weights {text!r}: weights must be ≥ 0 and not all 0")
+    return tuple(weights[k] for k in KINDS)
+
+
+def compact_length(ids: torch.Tensor, multiple: int = 8) -> int:
+    """Text positions for `CompactTextAttnProcessor`: more than the longest caption (the last row is padding),
+    rounded up to `multiple`."""
+    return multiple * math.ceil((ids.shape[1] + 1) / multiple)
 
 
 def tokenize(tokenizer, captions: list[str], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,15 +146,21 @@ class LatentBank:
 @torch.no_grad()
 def encode_bank(
     vae, chunks: Iterator[tuple[np.ndarray, list[str]]], device: torch.device, batch: int,
-    log: Callable[[str], None], name: str,
+    log: Callable[[str], None], name: str, size: int | None = None,
 ) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
-    """Encode rendered chunks with the VAE (posterior mode, bf16 autocast on CUDA): raw latents fp16 and captions."""
+    """Encode rendered chunks with the VAE (posterior mode, bf16 autocast on CUDA): raw latents fp16 and captions;
+    images are first resized to `size` px (antialiased bilinear) when given."""
     latents, captions, start = [], [], time.time()
     for frames, texts in chunks:
         pixels = torch.from_numpy(frames).to(device).permute(0, 4, 1, 2, 3)  # (n, 3, F, H, W) uint8
         for part in pixels.split(batch):
+            x = part.float() / 127.5 - 1.0  # (n, 3, F, H, W)
+            if size is not None and size != x.shape[-1]:
+                n, c, f = x.shape[:3]
+                x = F.interpolate(x.transpose(1, 2).flatten(0, 1), size=(size, size), mode="bilinear",
+                                  antialias=True).unflatten(0, (n, f)).transpose(1, 2)  # fmt: skip
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                z = vae.encode(part.float() / 127.5 - 1.0).latent_dist.mode()
+                z = vae.encode(x).latent_dist.mode()
             latents.append(z.to(torch.float16))
         captions += texts
     log(f"{name} bank: {len(captions)} items encoded in {time.time() - start:.0f} s (rendering overlapped)")

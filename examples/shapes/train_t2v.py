@@ -2,14 +2,17 @@
 
     python examples/shapes/train_t2v.py --out runs/t2v           # one H200: VAE 4 min, banks 1.4, DiT 13 = 18.5 min
     python examples/shapes/train_t2v.py --out runs/t2v --resume --dit-minutes 6          # continue (with optimizer)
-    python examples/shapes/train_t2v.py --out runs/t2v2 --init-from unbottle/assets/shapes/t2v --dit-minutes 12
+    python examples/shapes/train_t2v.py --out runs/t2v2 --init-from runs/t2v/pipeline --dit-minutes 11.5 --seed 1 \
+        --bank-images 300000 --low-images 60000 --bank-workers 14                     # v2 = v1 + this (14.2 min)
 
 Images are 1-frame videos: 128 px → VAE ×4 → 32×32 latents → 2×2 patches = 256 tokens per image; 17-frame videos
 give 5 latent frames = 1,280 tokens. Phase 1 trains the VAE (L1 + MSE with object pixels weighted up, a light KL,
 a linear learning-rate cool-down) on a seeded pixel stream, while a process pool renders the DiT's data. Phase 2
 freezes the VAE, encodes that data once into latent banks on the GPU (normalized with the bank's own statistics),
 and trains the text encoder and the DiT together with rectified-flow matching (logit-normal σ, 10% empty captions
-for classifier-free guidance), prompts embedded exactly as `WanPipeline.__call__` embeds them (512 text positions);
+for classifier-free guidance), prompts embedded exactly as `WanPipeline.__call__` embeds them (512 text positions,
+computed exactly over the captions' own positions by `compact_text.py`), scene kinds weighted by `--kind-weights`,
+and every `--low-every`-th step on a bank of 64 px images (multi-resolution, for bottleneck sampling);
 the saved weights are an EMA of the trained ones. Checkpoints every minute (resumable; banks are re-created from
 their seeds); the pipeline is saved in fp16 with `save_pretrained`.
 """
@@ -33,16 +36,19 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from compact_text import set_compact_text  # noqa: E402
 from ema import EMA  # noqa: E402
 from t2v_data import (  # noqa: E402
     FRAMES,
     SIZE,
     TEXT_LENGTH,
     batches,
+    compact_length,
     encode_bank,
     encode_text,
     latent_statistics,
     make_bank,
+    parse_kind_weights,
     render_chunk,
     render_jobs,
 )
@@ -133,23 +139,30 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-10))
 
 
-def build_banks(pipe, device, log, rendered: dict, measure_statistics: bool):
-    """Encode the rendered image and video chunks into normalized latent banks (with the VAE's latent statistics,
-    measured on the image bank first when `measure_statistics`)."""
+def build_banks(pipe, device, log, rendered: dict, measure_statistics: bool, low_size: int) -> dict:
+    """Encode the rendered chunks into normalized latent banks {"image", "video", "low"} (with the VAE's latent
+    statistics, measured on the image bank first when `measure_statistics`); "low" holds images at `low_size` px."""
     vae = pipe.vae.to(device).eval()
-    raw_images, image_captions = encode_bank(vae, rendered["image"], device, 256, log, "image")
-    raw_videos, video_captions = encode_bank(vae, rendered["video"], device, 16, log, "video")
+    raw = {"image": encode_bank(vae, rendered["image"], device, 256, log, "image"),
+           "video": encode_bank(vae, rendered["video"], device, 16, log, "video")}  # fmt: skip
+    if "low" in rendered:
+        raw["low"] = encode_bank(vae, rendered["low"], device, 256, log, f"{low_size} px image", size=low_size)
     if measure_statistics:
-        mean, std = latent_statistics(raw_images)  # the pipeline un-normalizes with these
+        mean, std = latent_statistics(raw["image"][0])  # the pipeline un-normalizes with these
         pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
     mean, std = pipe.vae.config.latents_mean, pipe.vae.config.latents_std
-    return (make_bank(raw_images, image_captions, pipe.tokenizer, mean, std),
-            make_bank(raw_videos, video_captions, pipe.tokenizer, mean, std))  # fmt: skip
+    return {name: make_bank(latents, captions, pipe.tokenizer, mean, std) for name, (latents, captions) in raw.items()}
 
 
-def train_dit(pipe, args, device, log, state: dict, image_bank, video_bank) -> EMA:
+def train_dit(pipe, args, device, log, state: dict, banks: dict) -> EMA:
     pipe.vae.to(device).eval().requires_grad_(False)
     text_encoder, transformer = pipe.text_encoder.to(device).train(), pipe.transformer.to(device).train()
+    # text positions per bank: the pipeline's 512, or (exactly equivalent) a few more than the longest caption
+    lengths = {name: compact_length(bank.ids) if args.compact_text else TEXT_LENGTH for name, bank in banks.items()}
+    if args.compact_text:
+        set_compact_text(transformer, TEXT_LENGTH)
+        log(f"compact text attention: {lengths} positions stand for {TEXT_LENGTH}")
+    low_batch = args.batch * (SIZE // args.low_size) ** 2  # as many tokens per step as a full-size batch
     params = list(text_encoder.parameters()) + list(transformer.parameters())
     # compiled: 1.45x the eager step at batch 256 on an H200 (bench/results/t2v-train-throughput-h200.json); one graph
     # per batch shape (images, videos)
@@ -169,15 +182,17 @@ def train_dit(pipe, args, device, log, state: dict, image_bank, video_bank) -> E
         for group in opt.param_groups:
             group["lr"] = args.lr * max(ramp, 0.02)
         video = state["step"] % args.video_every == args.video_every - 1
-        bank = video_bank if video else image_bank
-        x0, ids, mask = bank.sample(max(1, args.batch // 8) if video else args.batch, gen)
+        low = not video and "low" in banks and state["step"] % max(args.low_every, 1) == 1
+        kind = "video" if video else "low" if low else "image"
+        bank = banks[kind]
+        x0, ids, mask = bank.sample(max(1, args.batch // 8) if video else low_batch if low else args.batch, gen)
         b = x0.shape[0]
         ids, mask = bank.drop_captions(ids, mask, torch.rand(b, device=device, generator=gen) < 0.1)  # for CFG
         sigma = torch.sigmoid(torch.randn(b, device=device, generator=gen)).view(b, 1, 1, 1, 1)  # logit-normal
         noise = torch.randn(x0.shape, device=device, generator=gen)
         xt = (1 - sigma) * x0 + sigma * noise
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            text = encode_text(text_encoder, ids, mask, TEXT_LENGTH)  # (B, 512, 128), as the pipeline's
+            text = encode_text(text_encoder, ids, mask, lengths[kind])  # (B, T, 128): 512 as the pipeline's, or T
             v = model(xt, sigma.flatten() * 1000, text, return_dict=False)[0]
         loss = F.mse_loss(v.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
@@ -258,9 +273,13 @@ def quick_eval(
 def start_rendering(args) -> tuple[multiprocessing.pool.Pool, dict]:
     """A fork pool rendering the DiT's banks in the background (started before CUDA is touched)."""
     pool = multiprocessing.get_context("fork").Pool(max(1, args.bank_workers))
-    rendered = {kind: pool.imap(render_chunk, render_jobs(args.seed + 300 + offset, count, kind == "video", chunk))
-                for kind, count, chunk, offset in (("image", args.bank_images, 2048, 0),
-                                                   ("video", args.bank_videos, 128, 1))}  # fmt: skip
+    weights = parse_kind_weights(args.kind_weights)
+    banks = [("image", args.bank_images, 2048, 0), ("video", args.bank_videos, 128, 1)]
+    if args.low_images and args.low_every:
+        banks.append(("low", args.low_images, 2048, 2))
+    rendered = {kind: pool.imap(render_chunk, render_jobs(args.seed + 300 + offset, count, kind == "video", chunk,
+                                                          weights))
+                for kind, count, chunk, offset in banks}  # fmt: skip
     return pool, rendered
 
 
@@ -275,6 +294,16 @@ def main() -> None:
     parser.add_argument("--video-every", type=int, default=4, help="every k-th DiT step trains on clips")
     parser.add_argument("--bank-images", type=int, default=300_000, help="rendered images in the DiT's bank")
     parser.add_argument("--bank-videos", type=int, default=10_000, help="rendered 17-frame clips in the DiT's bank")
+    parser.add_argument("--kind-weights", default="single:1,attribute:2,pair:3,relation:4,count:3",
+                        help="image scene kinds of the banks, KIND:WEIGHT,... over single, attribute, pair, relation, "
+                        "count ('' = uniform, v1's mix)")  # fmt: skip
+    parser.add_argument("--low-images", type=int, default=100_000,
+                        help="images in the low-resolution bank (rendered at 128 px, resized to --low-size; 0: none)")
+    parser.add_argument("--low-size", type=int, default=64, help="pixel size of the low-resolution bank")
+    parser.add_argument("--low-every", type=int, default=8,
+                        help="every k-th DiT step (that is not a clip step) trains on the low-resolution bank")
+    parser.add_argument("--compact-text", action=argparse.BooleanOptionalAction, default=True,
+                        help="exact cross-attention over the captions' positions instead of 512 (compact_text.py)")
     parser.add_argument("--bank-workers", type=int, default=max(1, min(10, (os.cpu_count() or 2) - 6)))
     parser.add_argument("--vae-batch", type=int, default=48)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -289,6 +318,11 @@ def main() -> None:
     parser.add_argument("--vae-check", type=int, default=128, help="held-out images to score VAE reconstructions on")
     parser.add_argument("--eval-videos", type=int, default=64, help="held-out motion captions to score at the end")
     args = parser.parse_args()
+    if args.low_size % 8 or SIZE % args.low_size or not 8 <= args.low_size < SIZE:
+        parser.error(f"--low-size {args.low_size}: must divide {SIZE}, be a multiple of 8 and less than {SIZE}")
+    if args.low_every < 0 or args.low_every == 1:
+        parser.error(f"--low-every {args.low_every}: must be 0 (no low-resolution steps) or ≥ 2")
+    parse_kind_weights(args.kind_weights)  # a bad mix fails here, not after the VAE phase
     args.out.mkdir(parents=True, exist_ok=True)
     log = open_log(args.out / "train.log")
     log(f"args: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
@@ -326,12 +360,12 @@ def main() -> None:
         log("vae done")
     if args.dit_minutes > 0:
         # a DiT that has trained keeps the latent statistics it was trained on
-        image_bank, video_bank = build_banks(pipe, device, log, rendered, measure_statistics=state["step"] == 0)
+        banks = build_banks(pipe, device, log, rendered, state["step"] == 0, args.low_size)
         pool.close()
         log(f"latent mean {pipe.vae.config.latents_mean}, std {pipe.vae.config.latents_std}")
-        ema = train_dit(pipe, args, device, log, state, image_bank, video_bank)
+        ema = train_dit(pipe, args, device, log, state, banks)
         ema.copy_to_params()  # ship the EMA weights
-        del image_bank, video_bank
+        del banks
     pipe.to(dtype=torch.float16).save_pretrained(args.out / "pipeline")
     record = args.out / "pipeline" / "training.json"
     record.write_text(json.dumps({k: v for k, v in state.items() if k not in ("opt", "ema")}))

@@ -51,7 +51,7 @@ import torch
 
 from . import script
 from .attention import _error_text, _free, _git_commit, _jsonable, _log, _sync, gpu_tag
-from .script import writable_output
+from .script import parse_names, share_quick_and_seed, writable_output
 
 NO_CUDA_MESSAGE = "the end-to-end benchmark needs a CUDA GPU; torch sees none here"
 TEXT_TOKENS = 512  # both pipelines' `max_sequence_length` default: T5/UMT5 embeddings of 512 tokens
@@ -141,25 +141,14 @@ class E2EOptions:
 
 def parse_cases(text: str) -> list[str]:
     """Case names, comma-separated, from CASES (Bottleneck Sampling, Tian et al. 2025, comparisons)."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in CASES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"--cases takes names from {', '.join(CASES)}, got {text!r}")
-    return names
+    return parse_names(text, CASES, "--cases")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The end-to-end benchmark's options for Bottleneck Sampling (Tian et al., 2025); --quick/--seed are shared."""
     quick = f"e2e: {QUICK_STEPS} steps (stages scaled alike), {QUICK_FRAMES} frames, {QUICK_REPEATS} repeat"
     seed = "e2e: seed of the noise and prompt embeddings"
-    for flag, help_text in (("--quick", quick), ("--seed", seed)):
-        action = parser._option_string_actions.get(flag)  # the bench parser has them from the attention suite
-        if action is not None:
-            action.help = f"{action.help}; {help_text}"
-        elif flag == "--quick":
-            parser.add_argument("--quick", action="store_true", help=help_text)
-        else:
-            parser.add_argument("--seed", type=int, default=0, help=f"{help_text} (default 0)")
+    share_quick_and_seed(parser, quick, seed)
     parser.add_argument("--cases", type=parse_cases, metavar="C,...",
                         help=f"e2e: cases to run, of {', '.join(CASES)} (default all)")  # fmt: skip
     parser.add_argument("--repeats", type=int, metavar="N",

@@ -7,8 +7,11 @@ once per method setting. Each setting reports the shapes evaluator's accuracy (a
 T2I-CompBench-like category, and the fraction of facts right) and its fidelity to the stock images of the same seeds
 (PSNR in dB over all uint8 pixels of the set; identical sets give inf). Compared so far: sparse attention at each
 `--sparse` density (Re-ttention reshape on, `--sparse-pattern`, 16-token blocks = 16 blocks per 256-token image), and
-bottleneck sampling with each `--presets` preset (its own step counts; the time column shows the cost), and
-structured cross-attention guidance (`--structured`).
+bottleneck sampling with each `--presets` preset (its own step counts; the time column shows the cost),
+structured cross-attention guidance (`--structured`), and reward-guided noise search (`--noise SEEDSxITERS,...`,
+CARINOX with the default shapes-clip reward, one caption at a time: seeds 0..SEEDS−1 explored, each optimized for
+ITERS iterations; `1x0` is the plain generation of seed 0, the baseline of the noise rows; the compute column counts
+generator passes per image, forward and backward).
 Writes quality-shapes.json and quality-shapes.md.
 """
 
@@ -48,6 +51,7 @@ class QualityOptions:
     seed: int = HELD_OUT_SEED
     kinds: tuple[str, ...] = ()  # scene kinds of the held-out captions (world.KINDS); () = the natural mix
     noise_seeds: int = 1  # each caption is generated with this many noises
+    noise_search: tuple[tuple[int, int], ...] = ()  # (seeds, iterations) per noise-search row
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,6 +60,9 @@ class QualityOptions:
         for kind in self.kinds:
             if kind not in KINDS:
                 raise ValueError(f"kinds: {kind!r} is not a scene kind; allowed: {', '.join(KINDS)}")
+        for seeds, iterations in self.noise_search:
+            if seeds < 1 or iterations < 0:
+                raise ValueError(f"noise search {seeds}x{iterations}: seeds must be ≥ 1 and iterations ≥ 0")
         for name in ("captions", "steps", "batch", "sparse_block_size", "noise_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -167,8 +174,50 @@ def run_quality(
         steps = "/".join(str(s.steps) for s in sampler.stages)
         rows.append(_row(f"bottleneck {preset} ({steps} steps)", images, captions, stock, time.perf_counter() - start))
         log(f"{rows[-1]['setting']}: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
+    if options.noise_search:
+        rows += noise_search_rows(pipe, prompts, options, stock[: len(prompts)], device, log)
     return {"model": "shapes-t2v (t2i)", "options": asdict(options), "device": str(device), "rows": rows,
             "torch": torch.__version__}  # fmt: skip
+
+
+def noise_search_rows(
+    pipe: object, prompts: list[str], options: QualityOptions, stock: np.ndarray, device: str | torch.device,
+    log: Callable[[str], None],
+) -> list[dict]:  # fmt: skip
+    """One row per (seeds, iterations) of reward-guided noise search (CARINOX) with the default reward, per caption."""
+    from ..pipelines.noise_search import NoiseSearch
+    from ..rewards import DEFAULT, load_reward
+
+    reward = load_reward(DEFAULT, device=device)
+    kwargs = {**call_defaults("t2i"), "num_inference_steps": options.steps, "output_type": "np"}
+    rows = []
+    for seeds, iterations in options.noise_search:
+        search = NoiseSearch(pipe, {DEFAULT: (reward, 1.0)}, seeds=list(range(seeds)), iterations=iterations,
+                             progress=False)  # fmt: skip
+        start, images = time.perf_counter(), []
+        for prompt in prompts:
+            frames = np.asarray(search(prompt, **kwargs).output.frames)  # (1, 1, H, W, 3) in [0, 1]
+            images.append((frames[0, 0] * 255).round().astype(np.uint8))
+        name = f"noise search {seeds} seed{'s' * (seeds > 1)} × {iterations} it"
+        row = _row(name, np.stack(images), prompts, stock, time.perf_counter() - start)
+        # generator passes per image: each seed's iterates are generated; all but the last are backpropagated
+        row["forward_passes"] = seeds * max(1, iterations)
+        row["backward_passes"] = seeds * max(0, iterations - 1)
+        rows.append(row)
+        log(f"{name}: accuracy {row['accuracy']:.3f} ({row['forward_passes']} forward + {row['backward_passes']} "
+            f"backward passes per image)")  # fmt: skip
+    return rows
+
+
+def parse_noise_search(text: str) -> list[tuple[int, int]]:
+    """Parse `--noise`: "4x0,1x3" → [(4, 0), (1, 3)] (seeds × iterations); ValueError naming the bad item."""
+    settings = []
+    for item in (t.strip() for t in text.split(",")):
+        seeds, sep, iterations = item.partition("x")
+        if not (sep and seeds.isdigit() and iterations.isdigit()):
+            raise ValueError(f"--noise item {item!r}: expected SEEDSxITERATIONS, e.g. 4x0 or 2x3")
+        settings.append((int(seeds), int(iterations)))
+    return settings
 
 
 def markdown_report(results: dict) -> str:
@@ -177,7 +226,9 @@ def markdown_report(results: dict) -> str:
     facts = [f for f in FACT_TYPES if any(f in row.get("per_fact", {}) for row in results["rows"])]
     opts = results["options"]
     fact_heads = [f"fact: {f}" for f in facts]
+    passes = any("forward_passes" in row for row in results["rows"])
     head = ["setting", "accuracy", "facts", *categories, *fact_heads, "PSNR vs stock (dB)", "seconds"]
+    head += ["generator passes / image (fwd + bwd)"] if passes else []
     kinds = f" of kinds {', '.join(opts['kinds'])}" if opts.get("kinds") else ""
     noises = f" × {opts['noise_seeds']} noise seeds" if opts.get("noise_seeds", 1) > 1 else ""
     lines = [
@@ -192,6 +243,8 @@ def markdown_report(results: dict) -> str:
         cells += [f"{row['per_category'][c]:.3f}" if c in row["per_category"] else "–" for c in categories]
         cells += [f"{row['per_fact'][f]:.3f}" if f in row.get("per_fact", {}) else "–" for f in facts]
         cells += [f"{row['psnr_vs_stock']:.1f}", f"{row['seconds']:.1f}"]
+        if passes:
+            cells.append(f"{row['forward_passes']} + {row['backward_passes']}" if "forward_passes" in row else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -226,6 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[st
                         metavar="K,...", help="quality: held-out captions of these scene kinds only")  # fmt: skip
     parser.add_argument("--noise-seeds", type=int, default=1, metavar="N",
                         help="quality: generate every caption with N noises (default 1)")  # fmt: skip
+    parser.add_argument("--noise", default="", metavar="SxI,...",
+                        help="quality: noise-search rows, seeds × iterations (e.g. 1x0,4x0,1x3,2x2)")  # fmt: skip
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
@@ -236,7 +291,8 @@ def run_from_cli(args: argparse.Namespace) -> int:
         options = QualityOptions(captions=args.captions, steps=args.steps, sparse=tuple(args.sparse),
                                  sparse_pattern=args.sparse_pattern, bottleneck=tuple(args.presets),
                                  structured=args.structured, kinds=tuple(args.kinds),
-                                 noise_seeds=args.noise_seeds)  # fmt: skip
+                                 noise_seeds=args.noise_seeds,
+                                 noise_search=tuple(parse_noise_search(args.noise)) if args.noise else ())  # fmt: skip
     except ValueError as e:
         raise UsageError(f"bench quality: {e}") from e
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -52,3 +52,24 @@ def script_main(
     except CLIError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+
+
+def parse_names(text: str, allowed: tuple[str, ...] | dict, option: str) -> list[str]:
+    """Comma-separated names from `allowed`, duplicates dropped; argparse's type error naming `option` otherwise."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{option} takes names from {', '.join(allowed)}, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def share_quick_and_seed(parser: argparse.ArgumentParser, quick_help: str, seed_help: str) -> None:
+    """Add --quick / --seed, or append this suite's meaning to their help where another suite added them already."""
+    for flag, help_text in (("--quick", quick_help), ("--seed", seed_help)):
+        action = parser._option_string_actions.get(flag)
+        if action is not None:
+            action.help = f"{action.help}; {help_text}"
+        elif flag == "--quick":
+            parser.add_argument("--quick", action="store_true", help=help_text)
+        else:
+            parser.add_argument("--seed", type=int, default=0, help=f"{help_text} (default 0)")

@@ -13,11 +13,10 @@ import warnings
 from .bottleneck import STAGES_HELP, check_bottleneck_args, make_sampler
 from .errors import CLIError, UsageError
 from .features import check_feature_flags
+from .noise import make_search_runner
 
 # verbs whose feature has not landed yet: (feature, issue that delivers it)
-PENDING_VERBS = {
-    "batch": ("reward-scored batch generation", 8),
-}
+PENDING_VERBS: dict[str, tuple[str, int]] = {}
 
 
 def _positive_int(name: str):
@@ -115,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--n", type=_positive_int("--n"), default=4, help="candidates per prompt")
     batch.add_argument("--rewards", metavar="NAME[:W],...", help="rewards that score the candidates")
     batch.add_argument("-o", "--output", default="unbottle-batch", help="output folder")
+    from .batch import add_arguments as add_batch_arguments
+
+    add_batch_arguments(batch)
 
     bench = verbs.add_parser("bench", help="benchmarks: JSON + markdown + plots")
-    bench.add_argument("suite", nargs="?", choices=["attention", "e2e", "quality"], default="attention")
+    bench.add_argument("suite", nargs="?", choices=["attention", "e2e", "quality", "noise"], default="attention")
     bench.add_argument("-o", "--output", default="bench-results", help="output folder")
     from ..bench.attention import add_arguments as add_attention_arguments
 
@@ -129,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ..bench.e2e import add_arguments as add_e2e_arguments
 
     add_e2e_arguments(bench)
+    from ..bench.noise import add_arguments as add_noise_arguments
+
+    add_noise_arguments(bench)
     return parser
 
 
@@ -164,10 +169,18 @@ def _run(args: argparse.Namespace) -> int:
         from ..bench.e2e import run_from_cli as run_e2e
 
         return run_e2e(args)
+    if args.verb == "bench" and args.suite == "noise":  # the noise-search benchmark (issue #8): refuses without CUDA
+        from ..bench.noise import run_from_cli as run_noise
+
+        return run_noise(args)
     if args.verb == "bench":  # bench attention (issue #5): refuses without CUDA (exit 2)
         from ..bench.attention import run_from_cli
 
         return run_from_cli(args)
+    if args.verb == "batch":  # reward-scored batches (issue #8)
+        from .batch import run_from_cli as run_batch
+
+        return run_batch(args)
     check_feature_flags(args)
     if args.verb == "text" and args.sparse is not None:
         raise UsageError("--sparse: sparse attention for diffusion LMs is not available yet (issue #9)")
@@ -190,6 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         _enable_structured(pipe)
     runner = make_sampler(pipe, args, stages) if args.verb != "text" else None  # a BottleneckSampler or None
     steps = args.steps if args.steps is not None else (default.steps if default and runner is None else None)
+    runner = make_search_runner(pipe, args, runner) if args.verb != "text" else None  # NoiseSearch, or as is
 
     from .generate import generate_image, generate_text, generate_video
 

@@ -2,8 +2,8 @@
 
 from .._pending import pending_class
 from .bottleneck import BottleneckSampler, Stage
+from .noise_search import NoiseSearch
 
-NoiseSearch = pending_class("NoiseSearch", "reward-guided initial-noise search (CARINOX)", 8)
 DiffusionLMPipeline = pending_class("DiffusionLMPipeline", "diffusion-LM generation", 9)
 
 __all__ = ["BottleneckSampler", "DiffusionLMPipeline", "NoiseSearch", "Stage"]

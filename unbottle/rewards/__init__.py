@@ -1,13 +1,57 @@
-"""Differentiable rewards on images in [0, 1]: CLIP, HPS, PickScore, ImageReward, aesthetic, shapes CLIP (issue #8)."""
+"""Differentiable rewards on images in [0, 1]: shapes CLIP, CLIP, HPSv2, PickScore, ImageReward, aesthetic (issue #8).
 
-from .._pending import pending_function
+    reward = unbottle.load_reward("shapes-clip")              # the offline default, shipped with the package
+    score = reward(images, prompts)                            # (B,) float32, differentiable w.r.t. images
+    loss = weight * (1 - reward.unit(score))                   # CARINOX's normalized reward r~ in about [0, 1]
 
-_FEATURE = "rewards"
+| name | model | raw score | unit (r~) |
+| --- | --- | --- | --- |
+| shapes-clip | the shapes open_clip model (shipped) | cos | (cos + 1) / 2 |
+| clip | CLIPScore, open_clip ViT-H-14 laion2B (ReNO) | 100·cos | cos |
+| hps | HPSv2.1 (open_clip ViT-H-14 + HPS_v2.1_compressed.pt) | cos | 2·cos (CARINOX) |
+| pickscore | PickScore_v1 (transformers CLIPModel) | logit_scale·cos | score / 30 (ReNO) |
+| imagereward | ImageReward-v1.0 (optional package image-reward) | (r − mean) / std | (r + 3) / 6 (CARINOX) |
+| aesthetic | LAION aesthetic MLP on CLIP ViT-L/14 | rating 1-10 | score / 10 (ReNO) |
 
-# Name of the reward used when none is given: the offline shapes CLIP model (issue #4 trains it).
-DEFAULT = "shapes-clip"
+Offline first: nothing downloads unless a hub id ("hf-hub:...") is named; `category_rewards(category)` gives
+category-aware weights from CARINOX's reward-human correlation study.
+"""
 
-load_reward = pending_function("load_reward", _FEATURE, 8)
-category_rewards = pending_function("category_rewards", "category-aware reward weights", 8)
+from .aesthetic import AestheticHead, AestheticReward
+from .categories import CORRELATION_FLOOR, CORRELATIONS, category_rewards
+from .clip import CLIPScoreReward, OpenClipReward
+from .hps import HPSReward
+from .imagereward import ImageRewardReward, imagereward_score
+from .pickscore import PickScoreReward
+from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocess, preprocess
+from .registry import DEFAULT, REWARDS, load_reward, parse_rewards, register_reward
+from .reward import EmbeddingReward, Reward
+from .shapes_clip import ShapesClipReward
+from .weights import MissingDependencyError
 
-__all__ = ["DEFAULT", "category_rewards", "load_reward"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CORRELATIONS",
+    "CORRELATION_FLOOR",
+    "DEFAULT",
+    "REWARDS",
+    "AestheticHead",
+    "AestheticReward",
+    "CLIPScoreReward",
+    "EmbeddingReward",
+    "HPSReward",
+    "ImagePreprocess",
+    "ImageRewardReward",
+    "MissingDependencyError",
+    "OpenClipReward",
+    "PickScoreReward",
+    "Reward",
+    "ShapesClipReward",
+    "category_rewards",
+    "imagereward_score",
+    "load_reward",
+    "parse_rewards",
+    "preprocess",
+    "register_reward",
+]
