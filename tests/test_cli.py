@@ -236,18 +236,18 @@ def test_unusable_device(tmp_path, capsys):
     assert "--device" in _error(capsys)
 
 
-@pytest.mark.parametrize(
-    "argv, issue",
-    [
-        (["text", PROMPT, "--sparse", "0.3"], 9),
-    ],
-)
-def test_unavailable_features_are_refused_not_ignored(argv, issue, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(argv) == 2
-    err = _error(capsys)
-    assert "not available yet" in err and f"issue #{issue}" in err
-    assert not any(tmp_path.iterdir())  # nothing was written
+def test_text_sparse_runs_sparsed_on_the_embedded_model(capsys):
+    """`text --sparse` (issue #9): SparseD on the embedded retrieval DLM, which still answers a 512-token prompt."""
+    import random
+
+    from unbottle.shapes import retrieval
+
+    prompt, answer = retrieval.make_example(random.Random(0), 512)
+    assert main(["text", prompt, "--gen-length", str(len(answer.split())), "-q", "--sparse", "0.3"]) == 0
+    captured = capsys.readouterr()
+    assert "sparse attention: density 0.3, cached pattern, block 32, reshape off" in captured.err
+    assert "(SparseD, " in captured.err
+    assert captured.out.split() == answer.split()
 
 
 def test_bench_attention_is_available_and_needs_cuda(tmp_path, capsys, monkeypatch):

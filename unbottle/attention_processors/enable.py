@@ -7,12 +7,17 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks import HookRegistry
 
-from .._pending import PendingFeatureError
 from .adapters import FamilyAdapter, adapter_for
 from .attach import attach, scheduler_steps, sparse_modules
 from .config import SparseAttentionConfig
 from .processor import SparseAttnProcessor
 from .state import LAYER_HOOK, MODEL_HOOK, LayerStateHook, PatternStore
+from .transformers_attention import (
+    DLMSparseAttentionHandle,
+    disable_transformers_sparse_attention,
+    enable_transformers_sparse_attention,
+    is_transformers_model,
+)
 
 HANDLE_ATTR = "_unbottle_sparse"
 
@@ -45,13 +50,26 @@ class SparseAttentionHandle:
         disable_sparse_attention(self.model)
 
 
+def language_model_of(pipe_or_model: object) -> torch.nn.Module | None:
+    """The transformers model of a diffusion-LM pipeline (its `.model`) or the model itself; None for diffusers."""
+    if is_transformers_model(pipe_or_model):
+        return pipe_or_model
+    if not isinstance(pipe_or_model, torch.nn.Module) and not any(
+        isinstance(getattr(pipe_or_model, attr, None), torch.nn.Module) for attr in ("transformer", "unet")
+    ):
+        inner = getattr(pipe_or_model, "model", None)
+        return inner if is_transformers_model(inner) else None
+    return None
+
+
 def denoiser_of(pipe_or_model: object) -> tuple[torch.nn.Module, object | None]:
-    """(denoiser, pipeline or None) from a pipeline, its transformer/unet, or a transformers model."""
+    """(denoiser, pipeline or None) from a diffusers pipeline or its transformer/unet."""
     if isinstance(pipe_or_model, torch.nn.Module):
-        if type(pipe_or_model).__module__.startswith("transformers."):
-            raise PendingFeatureError(
-                "unbottle.enable_sparse_attention on transformers diffusion LMs is not available yet: it lands with "
-                "issue #9"
+        if is_transformers_model(pipe_or_model):
+            raise ValueError(
+                f"{type(pipe_or_model).__name__} is a transformers model: its sparse attention (SparseD) keeps "
+                "per-generation patterns in memory and has no diffusers denoiser; saving and loading head patterns "
+                "applies to diffusers pipelines"
             )
         return pipe_or_model, None
     for attr in ("transformer", "unet"):
@@ -63,10 +81,18 @@ def denoiser_of(pipe_or_model: object) -> tuple[torch.nn.Module, object | None]:
     raise ValueError(f"expected a diffusers pipeline or its transformer/unet, got {type(pipe_or_model).__name__}")
 
 
-def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig) -> SparseAttentionHandle:
-    """Sparse self-attention (Re-ttention reshape + SparseD cached patterns) on a pipeline's denoiser."""
+def enable_sparse_attention(
+    pipe_or_model: object, config: SparseAttentionConfig
+) -> SparseAttentionHandle | DLMSparseAttentionHandle:
+    """Sparse self-attention (Re-ttention reshape + SparseD cached patterns) on a pipeline's denoiser, or on a
+    transformers diffusion LM (or its pipeline's `.model`) through transformers' AttentionInterface (SparseD)."""
     if not isinstance(config, SparseAttentionConfig):
         raise TypeError(f"config must be an unbottle.SparseAttentionConfig, got {type(config).__name__}")
+    language_model = language_model_of(pipe_or_model)
+    if language_model is not None:  # a diffusion-LM pipeline knows its mask token (LLaDA2Pipeline.mask_token_id)
+        mask_id = getattr(pipe_or_model, "mask_token_id", None) if pipe_or_model is not language_model else None
+        mask_id = mask_id if isinstance(mask_id, int) and not isinstance(mask_id, bool) else None
+        return enable_transformers_sparse_attention(language_model, config, mask_id)
     model, pipe = denoiser_of(pipe_or_model)
     adapter = adapter_for(model)
     if getattr(model, HANDLE_ATTR, None) is not None or any(
@@ -104,7 +130,12 @@ def _detach(model: torch.nn.Module) -> None:
 
 
 def disable_sparse_attention(pipe_or_model: object) -> None:
-    """Restore the exact processors (the same objects) and remove every hook sparse attention added."""
+    """Restore the exact processors (the same objects) and remove every hook sparse attention added; on a
+    transformers model, the exact attention implementation of every config."""
+    language_model = language_model_of(pipe_or_model)
+    if language_model is not None:
+        disable_transformers_sparse_attention(language_model)
+        return
     model, _ = denoiser_of(pipe_or_model)
     handle = getattr(model, HANDLE_ATTR, None)
     if handle is not None:

@@ -113,11 +113,38 @@ def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | Non
     return save_video(video, output, fps=fps)
 
 
+def dlm_block_length(gen_length: int, steps: int, largest: int = 32) -> int:
+    """The semi-autoregressive block for `unbottle text` on a DiffusionLMPipeline: the largest divisor of gen_length
+    up to `largest` (LLaDA's 32) whose block count divides steps; one block of gen_length when none does."""
+    for block in range(min(largest, gen_length), 0, -1):
+        if gen_length % block == 0 and steps % (gen_length // block) == 0:
+            return block
+    return gen_length
+
+
+def _generate_dlm_text(pipe: object, prompt: str, gen_length: int, steps: int | None, seed: int) -> str:
+    """LLaDA-style masked diffusion (unbottle.DiffusionLMPipeline): greedy, low-confidence remasking, steps =
+    gen_length unless given (LLaDA's best setting), blocks of up to 32 tokens."""
+    steps = gen_length if steps is None else steps
+    block = dlm_block_length(gen_length, steps)
+    try:
+        out = pipe(prompt, gen_length=gen_length, steps=steps, block_length=block,
+                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    except ValueError as e:
+        raise UsageError(f"--model: {e}") from e
+    return out.texts[0]
+
+
 def generate_text(pipe: object, prompt: str, *, gen_length: int | None = None, steps: int | None = None,
                   seed: int = 0, **extra: object) -> str:  # fmt: skip
-    """Generate text with a diffusers text-diffusion pipeline (DiffusionGemmaPipeline, LLaDA2Pipeline).
+    """Generate text with a diffusers text-diffusion pipeline (DiffusionGemmaPipeline, LLaDA2Pipeline) or a
+    transformers masked LM in unbottle.DiffusionLMPipeline.
 
     `extra` are further call arguments (the embedded default's decoding settings)."""
+    from ..pipelines.diffusion_lm import DiffusionLMPipeline
+
+    if isinstance(pipe, DiffusionLMPipeline):
+        return _generate_dlm_text(pipe, prompt, gen_length if gen_length is not None else 16, steps, seed)
     params = call_parameters(pipe)
     if "gen_length" not in params:
         raise UsageError(f"--model: {type(pipe).__name__} is not a text-diffusion pipeline; use `unbottle image`")

@@ -38,14 +38,8 @@ def _load_folder(folder: Path, kind: str, dtype: torch.dtype, trust_remote_code:
     from diffusers import DiffusionPipeline
 
     if not (folder / "model_index.json").exists():
-        config = folder / "config.json"
-        if kind == "text" and config.exists():
-            model_type = json.loads(config.read_text()).get("model_type", "?")
-            raise UsageError(
-                f"--model: {str(folder)!r} is a transformers model (model_type={model_type!r}), not a diffusers "
-                "pipeline; plain masked diffusion LMs run through unbottle.DiffusionLMPipeline, which is not "
-                "available yet (issue #9)"
-            )
+        if kind == "text" and (folder / "config.json").exists():  # a transformers masked LM: DiffusionLMPipeline
+            return _load_masked_lm(str(folder), dtype, trust_remote_code, local_files_only=True)
         raise UsageError(f"--model: {str(folder)!r} is not a diffusers pipeline folder (no model_index.json)")
     try:
         return DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, trust_remote_code=trust_remote_code)
@@ -53,10 +47,43 @@ def _load_folder(folder: Path, kind: str, dtype: torch.dtype, trust_remote_code:
         raise RunError(f"--model: cannot load a pipeline from {str(folder)!r}: {_first_line(e)}") from e
 
 
-def _load_hub(model: str, dtype: torch.dtype, trust_remote_code: bool) -> object:
+def _load_masked_lm(model: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool) -> object:
+    """A transformers masked diffusion LM (LLaDA, Dream, ...) in unbottle.DiffusionLMPipeline."""
+    from ..pipelines.diffusion_lm import DiffusionLMPipeline
+
+    config = Path(model) / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type", "?") if config.exists() else "?"
+    try:
+        return DiffusionLMPipeline.from_pretrained(
+            model, trust_remote_code=trust_remote_code, dtype=dtype, local_files_only=local_files_only
+        )
+    except ValueError as e:  # no mask token, not a masked LM, remote code refused
+        raise UsageError(
+            f"--model: {model!r} (a transformers model, model_type={model_type!r}) cannot run as a masked "
+            f"diffusion LM: {_first_line(e)}"
+        ) from e
+    except (OSError, TypeError, KeyError) as e:
+        raise RunError(f"--model: cannot load {model!r}: {_first_line(e)}") from e
+
+
+def _cached_transformers_model(model: str) -> bool:
+    """True when the hub cache holds `model` as a transformers model (config.json, no model_index.json)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model, "config.json"), str) and not isinstance(
+            try_to_load_from_cache(model, "model_index.json"), str
+        )
+    except ValueError:  # not a valid repo id: the diffusers path below says so
+        return False
+
+
+def _load_hub(model: str, dtype: torch.dtype, trust_remote_code: bool, kind: str = "image") -> object:
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import HFValidationError
 
+    if kind == "text" and _cached_transformers_model(model):
+        return _load_masked_lm(model, dtype, trust_remote_code, local_files_only=True)
     kwargs = {"torch_dtype": dtype, "trust_remote_code": trust_remote_code}
     try:
         return DiffusionPipeline.from_pretrained(model, local_files_only=True, **kwargs)
@@ -71,6 +98,11 @@ def _load_hub(model: str, dtype: torch.dtype, trust_remote_code: bool) -> object
     try:
         return DiffusionPipeline.from_pretrained(model, **kwargs)
     except OSError as e:
+        if kind == "text":  # no model_index.json on the hub: a transformers masked LM, downloaded by transformers
+            try:
+                return _load_masked_lm(model, dtype, trust_remote_code, local_files_only=False)
+            except RunError:
+                pass
         raise _not_cached(model, _first_line(e)) from e
 
 
@@ -92,5 +124,5 @@ def load_pipeline(
     elif _looks_like_path(model):
         raise UsageError(f"--model: no such folder {model!r}")
     else:
-        pipe = _load_hub(model, dtype, trust_remote_code)
+        pipe = _load_hub(model, dtype, trust_remote_code, kind)
     return pipe.to(device)

@@ -34,23 +34,25 @@ PRESETS = MappingProxyType({
         (0.75, 24, 0.8, 9.0),
         (1.0, 16, 0.7, 9.0),
     )),
-    # PROVISIONAL (to be tuned on a multi-resolution shapes model: v1 is trained at 128 px only, and its 64 px
-    # stage is out of distribution, 0.083 vs 0.417 accuracy): Wan2.1 against its stock 50 steps, the Flux
-    # strengths and shifts (Wan's base flow shift, 3 at 480p, is Flux's ≈ 3 at 1024²). A half-resolution Wan step is
-    # 6.8× cheaper than a full one: 20 × 606 + 24 × 89 ms ≈ 14.3 s vs 30.3 s (≈ 2.1×).
+    # Wan2.1 against its stock 50 steps, the Flux strengths and shifts, not yet tuned: on the multi-resolution
+    # shapes model v2 (200 captions, bench/results/quality-shapes-v2-presets-cpu.md) stock 0.570, wan-2x 0.550,
+    # wan-3x 0.540 (sizes suffer at the 64 px stage: size facts 0.725 → 0.500). Wan's base flow shift, 3 at 480p,
+    # is Flux's ≈ 3 at 1024². A half-resolution Wan step is 6.8× cheaper than a full one: 20 × 606 + 24 × 89 ms
+    # ≈ 14.3 s vs 30.3 s (≈ 2.1×).
     "wan-2x": ("Wan", (
         (1.0, 8, 1.0, 9.0),
         (0.5, 24, 0.8, 6.0),
         (1.0, 12, 0.6, 9.0),
     )),
-    # PROVISIONAL: Wan2.1 3×, 13 × 606 + 20 × 89 ms ≈ 9.7 s vs 30.3 s (≈ 3.1×).
+    # Wan2.1 3×, 13 × 606 + 20 × 89 ms ≈ 9.7 s vs 30.3 s (≈ 3.1×).
     "wan-3x": ("Wan", (
         (1.0, 5, 1.0, 9.0),
         (0.5, 20, 0.8, 6.0),
         (1.0, 8, 0.6, 9.0),
     )),
-    # PROVISIONAL: SD3 against its stock 28 steps (base shift 3, as Flux's), modelled on RALU's BS-on-SD3 settings
-    # (stages of 6, 18, 7 steps vs 50); a 512² SD3-medium step ≈ 0.3 of a 1024² one: 10 + 14 × 0.3 ≈ 14.2 full steps.
+    # Not measured (no SD3-family shapes model): SD3 against its stock 28 steps (base shift 3, as Flux's), modelled
+    # on RALU's BS-on-SD3 settings (stages of 6, 18, 7 steps vs 50); a 512² SD3-medium step ≈ 0.3 of a 1024² one:
+    # 10 + 14 × 0.3 ≈ 14.2 full steps.
     "sd3-2x": ("SD3", (
         (1.0, 4, 1.0, 9.0),
         (0.5, 14, 0.8, 6.0),

@@ -32,7 +32,8 @@ with `latents=` the noise, the prompt encoded once (`prompt_embeds=` ..., no gra
 stock sampling loop, scheduler and VAE decode with gradients, and gives the same image as `pipe(...)` with those
 latents. Noise shapes per family (`noise_families`): SD 1.x/2.x, SDXL, PixArt-α/Σ, SD3, Flux (packed tokens) and
 Wan; any other pipeline supports exploration only (`iterations=0`): best-of-N seeds by the weighted reward
-Σ_i λ_i·r~_i, with no gradients, through plain `pipe(prompt, generator=...)` calls (videos: frames averaged).
+Σ_i λ_i·r~_i, with no gradients, through plain `pipe(prompt, generator=...)` calls (videos: frames averaged;
+diffusion LMs such as LLaDA2Pipeline: their `.texts`, scored by text rewards, e.g. the `shapes-retrieval` verifier).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class NoiseSearchResult:
     """The chosen candidate (CARINOX / ReNO): the pipeline's own output of it, its seed, latents, scores, history."""
 
     output: Any  # the stock pipeline output object (e.g. StableDiffusionPipelineOutput, WanPipelineOutput)
-    images: Any  # output.images (image pipelines) or output.frames (video pipelines), in the call's output_type
+    images: Any  # output.images (image pipelines), output.frames (video), output.texts (diffusion LMs)
     seed: int
     scores: dict[str, float]  # raw reward scores of the chosen image (videos: mean over frames)
     units: dict[str, float]  # r~ of each reward
@@ -328,6 +329,10 @@ class NoiseSearch:
                 f"{supported_families()}. iterations=0 (exploration: best of N seeds) works with any pipeline"
             )
         self.rewards = _load_rewards(rewards, getattr(pipe, "_execution_device", torch.device("cpu")))
+        text = [name for name, (r, _) in self.rewards.items() if getattr(r, "modality", "image") == "text"]
+        if text and self.config.iterations > 0:
+            raise ValueError(f"rewards {', '.join(text)} score texts (not differentiable): iterations must be 0 "
+                             f"(exploration), got {self.config.iterations}")  # fmt: skip
 
     def __repr__(self) -> str:
         weights = {name: w for name, (_, w) in self.rewards.items()}
@@ -344,6 +349,23 @@ class NoiseSearch:
                 units[name] = float(_unit(reward, scores).mean())
         return raw, units
 
+    def _evaluate_output(self, output: Any, prompt: str) -> tuple[dict, dict]:
+        """(raw scores, units) of a stock output's first sample: its text (diffusion LMs) or its pixels."""
+        texts = getattr(output, "texts", None)
+        kinds = {getattr(r, "modality", "image") for r, _ in self.rewards.values()}
+        if texts is not None or not (hasattr(output, "frames") or hasattr(output, "images")):
+            if kinds != {"text"} or texts is None:
+                raise ValueError(f"{type(self.pipe).__name__} makes texts: every reward must be a text reward "
+                                 "(e.g. 'shapes-retrieval' for the shapes DLM), and output_type='text'")  # fmt: skip
+            raw, units = {}, {}
+            for name, (reward, _) in self.rewards.items():
+                scores = reward(list(texts[:1]), [prompt]).float()  # (1,)
+                raw[name], units[name] = float(scores.mean()), float(_unit(reward, scores).mean())
+            return raw, units
+        if "text" in kinds:
+            raise ValueError(f"{type(self.pipe).__name__} makes images: text rewards cannot score them")
+        return self._evaluate(_first_sample(_media(output)), prompt)
+
     def _step(self, iteration: int, raw: dict, units: dict, **extra: Any) -> SearchStep:
         loss = sum(1.0 - u for u in units.values())
         objective = sum(w * units[name] for name, (_, w) in self.rewards.items())
@@ -359,7 +381,7 @@ class NoiseSearch:
         for name in PER_PROMPT:
             if kwargs.get(name, 1) != 1:
                 raise ValueError(f"{name}={kwargs[name]!r}: NoiseSearch makes one sample per seed; use seeds=N")
-        if kwargs.get("output_type") == "latent":
+        if kwargs.get("output_type") in ("latent", "seq"):
             raise ValueError('output_type="latent": NoiseSearch scores pixels; use "pil", "np" or "pt"')
         kwargs = dict(kwargs)
         default = inspect.signature(type(self.pipe).__call__).parameters.get("output_type")
@@ -387,7 +409,7 @@ class NoiseSearch:
                 self._bar(len(self.config.seeds), "explore") as bar:  # fmt: skip
             for seed in self.config.seeds:
                 output = self.pipe(prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
-                step = self._step(0, *self._evaluate(_first_sample(_media(output)), prompt))
+                step = self._step(0, *self._evaluate_output(output, prompt))
                 history[seed] = [step]
                 if best is None or step.objective > best[0].objective:
                     best = (step, seed, output)
@@ -398,7 +420,8 @@ class NoiseSearch:
         if self.family is not None:  # the chosen noise, as the pipeline drew it
             dtype = self.family.noise_dtype(self._encode(kwargs, prompt))
             latents = self.family.draw(self.pipe, kwargs, seed, dtype)[0]
-        return NoiseSearchResult(output, _media(output), seed, step.scores, step.units, latents, 0, step.loss, history)
+        media = output.texts if getattr(output, "texts", None) is not None else _media(output)
+        return NoiseSearchResult(output, media, seed, step.scores, step.units, latents, 0, step.loss, history)
 
     def _encode(self, kwargs: dict, prompt: str) -> dict[str, torch.Tensor]:
         return encode(self.pipe, self.family, dict(kwargs, prompt=prompt))

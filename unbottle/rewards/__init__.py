@@ -12,6 +12,7 @@
 | pickscore | PickScore_v1 (transformers CLIPModel) | logit_scale·cos | score / 30 (ReNO) |
 | imagereward | ImageReward-v1.0 (optional package image-reward) | (r − mean) / std | (r + 3) / 6 (CARINOX) |
 | aesthetic | LAION aesthetic MLP on CLIP ViT-L/14 | rating 1-10 | score / 10 (ReNO) |
+| shapes-retrieval | text: the shapes DLM's answer checked against the prompt's record | 0 or 1 | score |
 
 Offline first: nothing downloads unless a hub id ("hf-hub:...") is named; `category_rewards(category)` gives
 category-aware weights from CARINOX's reward-human correlation study.
@@ -25,8 +26,9 @@ from .imagereward import ImageRewardReward, imagereward_score
 from .pickscore import PickScoreReward
 from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocess, preprocess
 from .registry import DEFAULT, REWARDS, load_reward, parse_rewards, register_reward
-from .reward import EmbeddingReward, Reward
+from .reward import EmbeddingReward, Reward, TextReward
 from .shapes_clip import ShapesClipReward
+from .shapes_retrieval import RetrievalVerifierReward
 from .weights import MissingDependencyError
 
 __all__ = [
@@ -46,8 +48,10 @@ __all__ = [
     "MissingDependencyError",
     "OpenClipReward",
     "PickScoreReward",
+    "RetrievalVerifierReward",
     "Reward",
     "ShapesClipReward",
+    "TextReward",
     "category_rewards",
     "imagereward_score",
     "load_reward",

@@ -23,6 +23,7 @@ from .imagereward import load_imagereward
 from .pickscore import load_pickscore
 from .reward import Reward
 from .shapes_clip import load_shapes_clip_reward
+from .shapes_retrieval import load_shapes_retrieval_reward
 
 RewardLoader = Callable[..., Reward]
 
@@ -36,6 +37,7 @@ REWARDS: dict[str, RewardLoader] = {
     "pickscore": load_pickscore,
     "imagereward": load_imagereward,
     "aesthetic": load_aesthetic,
+    "shapes-retrieval": load_shapes_retrieval_reward,  # a text reward: verifies the shapes DLM's answers
 }
 
 

@@ -30,6 +30,7 @@ class Reward(torch.nn.Module):
     """
 
     name: str = "reward"
+    modality = "image"  # what it scores: "image" (B, 3, H, W) pixels, or "text" (`TextReward`)
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,6 +116,27 @@ class Reward(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+class TextReward(Reward):
+    """A reward on generated texts, for exploration over diffusion-LM samples (CARINOX's best-of-N; verifiers).
+
+    `forward(texts, prompts)` → (B,) float32, higher = better; not differentiable (texts are discrete), so noise
+    search uses it for exploration only. `modality` tells the search which output to score.
+    """
+
+    modality = "text"
+
+    def forward(self, texts: Sequence[str] | str, prompts: Sequence[str] | str) -> torch.Tensor:
+        """B generated texts and one prompt per text (a str broadcasts) → (B,) float32 score."""
+        raise NotImplementedError
+
+    def text_list(self, texts: Sequence[str] | str) -> list[str]:
+        """The generated texts as a list of str (one str is one text)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"{self.name}: expected generated texts (str), got {[type(t).__name__ for t in texts]}")
+        return texts
 
 
 class EmbeddingReward(Reward):

@@ -107,6 +107,21 @@ def _count(words: list[str], needle: list[str]) -> int:
     return sum(1 for i in range(len(words) - n + 1) if words[i] == needle[0] and words[i : i + n] == needle)
 
 
+def answer_of(prompt_text: str) -> str | None:
+    """The answer a retrieval prompt asks for, read from the prompt itself (the queried key's record), or None when
+    the text is not a retrieval prompt (no trailing `query kX ->`, or no single record of kX)."""
+    words = prompt_text.split()
+    if len(words) < 3 or words[-3] != QUERY or words[-1] != ARROW:
+        return None
+    key, found = words[-2], []
+    for i in range(len(words) - 3):
+        if words[i] == key and i + 1 < len(words) and words[i + 1] == ASSIGN:
+            end = words.index(END, i + 2) if END in words[i + 2 :] else -1
+            if end > i + 2:
+                found.append(" ".join(words[i + 2 : end]))
+    return found[0] if len(found) == 1 else None
+
+
 def score(generated_text: str, answer_text: str) -> bool:
     """Exact match of the answer tokens (whitespace-separated words; nothing missing, nothing extra)."""
     return generated_text.split() == answer_text.split()
