@@ -62,6 +62,31 @@ def test_caption_parse_round_trip(kind):
         assert parse_caption(f"  {text}  ") == spec
 
 
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_mention_word_spans_cover_each_mention(kind):
+    """Each span's words parse back as that mention alone; spans are ordered, disjoint, inside the caption."""
+    from unbottle.shapes.captions import CaptionSpec, mention_word_spans
+
+    rng = random.Random(300 + ALL_KINDS.index(kind))
+    for _ in range(200):
+        text = caption(sample_scene(rng, kind), rng)
+        words, spec, spans = text.split(" "), parse_caption(text), mention_word_spans(text)
+        assert len(spans) == len(spec.mentions), text
+        assert all(0 <= a < b <= len(words) for a, b in spans) and all(
+            spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)
+        ), text
+        if spec.count is not None:
+            assert spans == ((0, len(words)),)
+            continue
+        for (a, b), mention in zip(spans, spec.mentions, strict=True):
+            assert parse_caption(" ".join(words[a:b])) == CaptionSpec((mention,)), text
+            assert words[a] in ("a", "an")  # the article belongs to its phrase
+    assert mention_word_spans("An orange square to the right of a large blue star.") == ((0, 3), (7, 11))
+    assert mention_word_spans("a red circle, and a blue square") == ((0, 3), (4, 7))
+    with pytest.raises(ValueError, match="not in the shapes grammar"):
+        mention_word_spans("a red circle inside a blue square")
+
+
 def test_caption_examples():
     spec = parse_caption("a large striped red circle to the left of a blue star")
     assert spec.relation == "left of"

@@ -56,7 +56,7 @@ def fresh_pipe():
 
 def test_encode_text_equals_the_pipelines_prompt_embeddings(fresh_pipe):
     """Short-padded encoding + zeros to 512 == WanPipeline's own embeddings at its __call__ default (512 positions)."""
-    from t2v_data import TEXT_LENGTH, encode_text, tokenize
+    from t2v_data import TEXT_LENGTH, encode_text, encode_text_states, tokenize
 
     captions = ["a red circle", "a dotted yellow square below a solid pink circle", "", "two green stars"]
     ids, mask = tokenize(fresh_pipe.tokenizer, captions)
@@ -64,8 +64,12 @@ def test_encode_text_equals_the_pipelines_prompt_embeddings(fresh_pipe):
     with torch.no_grad():
         ours = encode_text(fresh_pipe.text_encoder, ids, mask)
         stock = fresh_pipe._get_t5_prompt_embeds(captions, max_sequence_length=TEXT_LENGTH)
-    assert ours.shape == stock.shape == (4, 512, 128)
+    assert ours.shape == stock.shape == (4, 512, fresh_pipe.text_encoder.config.d_model)
     torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        embeds, states = encode_text_states(fresh_pipe.text_encoder, ids, mask, 24)
+    assert states.shape == (4, ids.shape[1], ours.shape[2])
+    torch.testing.assert_close(embeds, ours[:, :24], rtol=1e-6, atol=1e-6)
     assert ours[0, 4:].abs().max() == 0 and ours[0, :4].abs().min() > 0  # zeros exactly past each caption
 
 
@@ -184,3 +188,76 @@ def test_low_resolution_bank_is_encoded_from_resized_renders(fresh_pipe):
     assert latents.shape == (3, 8, 1, 16, 16) and latents.dtype == torch.float16 and captions == chunks[0][1]
     full, _ = encode_bank(fresh_pipe.vae, iter(chunks), torch.device("cpu"), 2, lambda _: None, "t")
     assert full.shape == (3, 8, 1, 32, 32)
+
+
+def test_caption_labels_mark_each_phrase_with_its_object():
+    """Every word of an object's phrase is labelled with that object's named facts; other words are ignored."""
+    from caption_labels import FIELDS, IGNORE, caption_labels
+
+    text = "a small striped red circle to the left of a blue square"  # words 0-4, 5-8 relation, 9-11
+    labels = caption_labels(text, 14)  # (fields, 14): 12 words, the end token, one pad
+    row = {name: labels[i] for i, name in enumerate(FIELDS)}
+
+    def expect(first: object, second: object) -> list:
+        return [first] * 5 + [IGNORE] * 4 + [second] * 3 + [IGNORE] * 2
+
+    idx = {name: {v: i for i, v in enumerate(classes)} for name, classes in FIELDS.items()}
+    assert row["color"].tolist() == expect(idx["color"]["red"], idx["color"]["blue"])
+    assert row["shape"].tolist() == expect(idx["shape"]["circle"], idx["shape"]["square"])
+    assert row["size"].tolist() == expect(idx["size"]["small"], IGNORE)  # the blue square's size is not named
+    assert row["texture"].tolist() == expect(idx["texture"]["striped"], IGNORE)
+    assert row["role"].tolist() == expect(idx["role"]["left of"], idx["role"]["right of"])  # B is right of A
+    assert row["motion"].tolist() == expect(idx["motion"]["none"], idx["motion"]["none"])
+    assert (row["count"] == IGNORE).all()
+    count = caption_labels("three green stars", 4)
+    names = list(FIELDS)
+    assert count[names.index("count")].tolist() == [idx["count"][3]] * 3 + [IGNORE]
+    assert count[names.index("role")].tolist() == [idx["role"]["none"]] * 3 + [IGNORE]
+    moving = caption_labels("a red circle moves up and a blue star moving left", 11)
+    assert moving[names.index("motion")].tolist() == [idx["motion"]["up"]] * 5 + [IGNORE] + [idx["motion"]["left"]] * 5
+    assert caption_labels(text, 3).shape == (len(FIELDS), 3)  # truncated like the token ids
+
+
+def test_bank_labels_align_with_the_pipeline_tokens(fresh_pipe):
+    """Word i of a caption is token i of the pipeline's tokenizer, so bank labels line up with the bank's ids."""
+    import random
+
+    from caption_labels import IGNORE, bank_labels, caption_labels
+    from t2v_data import make_bank
+
+    from unbottle.shapes import caption, sample_scene
+
+    rng = random.Random(5)
+    captions = [caption(sample_scene(rng, video=i % 3 == 0), rng) for i in range(60)]
+    raw = torch.randn(60, 8, 1, 4, 4, dtype=torch.float16)
+    bank = make_bank(raw, captions, fresh_pipe.tokenizer, [0.0] * 8, [1.0] * 8, bank_labels)
+    assert bank.labels.shape == (60, 7, bank.ids.shape[1]) and bank.labels.dtype == torch.int8
+    for i, text in enumerate(captions):
+        words = text.split(" ")
+        assert fresh_pipe.tokenizer.convert_ids_to_tokens(bank.ids[i, : len(words)].tolist()) == words
+        assert int(bank.mask[i].sum()) == len(words) + 1  # + the end token, which no label marks
+        np.testing.assert_array_equal(bank.labels[i].numpy(), caption_labels(text, bank.ids.shape[1]))
+        assert (bank.labels[i, :, len(words) :] == IGNORE).all()
+    x, ids, mask, labels = bank.sample_with_labels(7, torch.Generator().manual_seed(3))
+    y, ids2, _ = bank.sample(7, torch.Generator().manual_seed(3))
+    assert torch.equal(x, y) and torch.equal(ids, ids2) and labels.shape == (7, 7, bank.ids.shape[1])
+
+
+def test_caption_label_head_loss_is_the_mean_field_cross_entropy():
+    import torch.nn.functional as F
+    from caption_labels import FIELDS, IGNORE, CaptionLabelHead
+
+    torch.manual_seed(0)
+    head = CaptionLabelHead(16)
+    hidden = torch.randn(2, 5, 16, requires_grad=True)
+    labels = torch.full((2, len(FIELDS), 5), IGNORE, dtype=torch.int8)
+    labels[0, 0, :3] = torch.tensor([1, 2, 3])  # colour on three tokens of row 0
+    labels[1, 1, 4] = 5  # shape on one token of row 1
+    loss = head.loss(hidden, labels)
+    logits = head.proj(hidden)  # (2, 5, sum of classes)
+    n_color, n_shape = len(FIELDS["color"]), len(FIELDS["shape"])
+    ce_color = F.cross_entropy(logits[0, :3, :n_color], torch.tensor([1, 2, 3]))
+    ce_shape = F.cross_entropy(logits[1, 4:5, n_color : n_color + n_shape], torch.tensor([5]))
+    torch.testing.assert_close(loss, (ce_color + ce_shape) / len(FIELDS))  # unused fields add 0, not NaN
+    loss.backward()
+    assert hidden.grad[0, :3].abs().sum() > 0 and hidden.grad[0, 3:].abs().sum() == 0  # only labelled tokens

@@ -115,28 +115,42 @@ def tokenize(tokenizer, captions: list[str], length: int | None = None) -> tuple
 
 def encode_text(text_encoder, ids: torch.Tensor, mask: torch.Tensor, length: int = TEXT_LENGTH) -> torch.Tensor:
     """Prompt embeddings (B, `length`, D) equal to `WanPipeline._get_t5_prompt_embeds(max_sequence_length=length)`."""
-    hidden = text_encoder(ids, mask).last_hidden_state * mask[..., None]  # (B, L, D); zeros past each prompt
-    return F.pad(hidden, (0, 0, 0, length - hidden.shape[1]))  # (B, length, D)
+    return encode_text_states(text_encoder, ids, mask, length)[0]
+
+
+def encode_text_states(
+    text_encoder, ids: torch.Tensor, mask: torch.Tensor, length: int = TEXT_LENGTH
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`encode_text`'s embeddings (B, `length`, D) and the encoder's token states (B, L, D) they are made of."""
+    hidden = text_encoder(ids, mask).last_hidden_state  # (B, L, D)
+    return F.pad(hidden * mask[..., None], (0, 0, 0, length - hidden.shape[1])), hidden  # zeros past each prompt
 
 
 @dataclass
 class LatentBank:
     """Normalized VAE latents (N, C, F, h, w) fp16 with their captions' token ids and masks (N, L), on one device,
-    and the empty caption's ids and mask (1, L) at the same length (classifier-free-guidance dropout)."""
+    the empty caption's ids and mask (1, L) at the same length (classifier-free-guidance dropout), and optionally
+    per-token caption labels (N, fields, L) int8 (`caption_labels.py`)."""
 
     latents: torch.Tensor
     ids: torch.Tensor
     mask: torch.Tensor
     empty_ids: torch.Tensor
     empty_mask: torch.Tensor
+    labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
 
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`n` random items (with replacement): latents as fp32, ids, mask."""
+        return self.sample_with_labels(n, gen)[:3]
+
+    def sample_with_labels(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """`sample`'s items and their labels (None without labels); the same draw as `sample` for a generator."""
         idx = torch.randint(len(self), (n,), device=self.latents.device, generator=gen)
-        return self.latents[idx].float(), self.ids[idx], self.mask[idx]
+        labels = self.labels[idx] if self.labels is not None else None
+        return self.latents[idx].float(), self.ids[idx], self.mask[idx], labels
 
     def drop_captions(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`ids`, `mask` (B, L) with the rows where `drop` (B,) is true replaced by the empty caption."""
@@ -182,9 +196,11 @@ def latent_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def make_bank(
-    latents: torch.Tensor, captions: list[str], tokenizer, mean: list[float], std: list[float]
+    latents: torch.Tensor, captions: list[str], tokenizer, mean: list[float], std: list[float],
+    labels: Callable[[list[str], int], torch.Tensor] | None = None,
 ) -> LatentBank:  # fmt: skip
-    """Normalize raw latents in place with (mean, std), as the pipeline un-normalizes them, and tokenize captions."""
+    """Normalize raw latents in place with (mean, std), as the pipeline un-normalizes them, and tokenize captions
+    (and label their tokens with `labels(captions, length)` when given)."""
     view = (1, -1) + (1,) * (latents.dim() - 2)
     mean_t = torch.tensor(mean, device=latents.device).view(view)
     std_t = torch.tensor(std, device=latents.device).view(view)
@@ -192,4 +208,5 @@ def make_bank(
         part.copy_(((part.float() - mean_t) / std_t).to(part.dtype))
     ids, mask = tokenize(tokenizer, captions)
     empty_ids, empty_mask = tokenize(tokenizer, [""], ids.shape[1])
-    return LatentBank(latents, *(t.to(latents.device) for t in (ids, mask, empty_ids, empty_mask)))
+    token_labels = labels(captions, ids.shape[1]).to(latents.device) if labels is not None else None
+    return LatentBank(*(t.to(latents.device) for t in (latents, ids, mask, empty_ids, empty_mask)), token_labels)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from caption_labels import CaptionLabelHead, bank_labels  # noqa: E402
 from compact_text import set_compact_text  # noqa: E402
 from ema import EMA  # noqa: E402
 from t2v_data import (  # noqa: E402
@@ -45,7 +46,7 @@ from t2v_data import (  # noqa: E402
     batches,
     compact_length,
     encode_bank,
-    encode_text,
+    encode_text_states,
     latent_statistics,
     make_bank,
     parse_kind_weights,
@@ -60,24 +61,25 @@ from unbottle.shapes.world import BACKGROUND  # noqa: E402
 BACKGROUND_PIXEL = torch.tensor(BACKGROUND).view(1, 3, 1, 1, 1) / 127.5 - 1.0  # the canvas colour in [-1, 1]
 
 
-def build_pipeline(vocab_words: tuple[str, ...] | None = None):
-    """A fresh, untrained shapes WanPipeline (the architecture that ships)."""
+def build_pipeline(vocab_words: tuple[str, ...] | None = None, text_layers: int = 3, text_width: int = 256):
+    """A fresh, untrained shapes WanPipeline (the architecture that ships; v1/v2 had a 2 × 128 text encoder)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     from unbottle.testing.tokenizers import WORDS, word_level_tokenizer
 
     tokenizer = word_level_tokenizer(226, words=vocab_words or WORDS)
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=128, d_kv=32, d_ff=256, num_layers=2,
-                                               num_heads=4, dropout_rate=0.0, pad_token_id=0))  # fmt: skip
+    text_config = UMT5Config(vocab_size=len(tokenizer), d_model=text_width, d_kv=32, d_ff=2 * text_width,
+                             num_layers=text_layers, num_heads=text_width // 32, dropout_rate=0.0, pad_token_id=0)
+    text_encoder = UMT5EncoderModel(text_config)
     vae = AutoencoderKLWan(
         base_dim=24, z_dim=8, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
         latents_mean=[0.0] * 8, latents_std=[1.0] * 8, scale_factor_spatial=4, scale_factor_temporal=4,
     )  # fmt: skip
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=32, in_channels=8, out_channels=8,
-        text_dim=128, freq_dim=128, ffn_dim=1024, num_layers=8, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=256,
+        text_dim=text_width, freq_dim=128, ffn_dim=1024, num_layers=8, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=256,
     )  # fmt: skip
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
@@ -139,9 +141,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-10))
 
 
-def build_banks(pipe, device, log, rendered: dict, measure_statistics: bool, low_size: int) -> dict:
+def build_banks(
+    pipe, device, log, rendered: dict, measure_statistics: bool, low_size: int, labels: bool = False
+) -> dict:  # fmt: skip
     """Encode the rendered chunks into normalized latent banks {"image", "video", "low"} (with the VAE's latent
-    statistics, measured on the image bank first when `measure_statistics`); "low" holds images at `low_size` px."""
+    statistics, measured on the image bank first when `measure_statistics`); "low" holds images at `low_size` px;
+    with `labels`, each bank carries its captions' token labels (caption_labels.py)."""
     vae = pipe.vae.to(device).eval()
     raw = {"image": encode_bank(vae, rendered["image"], device, 256, log, "image"),
            "video": encode_bank(vae, rendered["video"], device, 16, log, "video")}  # fmt: skip
@@ -151,10 +156,12 @@ def build_banks(pipe, device, log, rendered: dict, measure_statistics: bool, low
         mean, std = latent_statistics(raw["image"][0])  # the pipeline un-normalizes with these
         pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
     mean, std = pipe.vae.config.latents_mean, pipe.vae.config.latents_std
-    return {name: make_bank(latents, captions, pipe.tokenizer, mean, std) for name, (latents, captions) in raw.items()}
+    label_fn = bank_labels if labels else None
+    return {name: make_bank(latents, captions, pipe.tokenizer, mean, std, label_fn)
+            for name, (latents, captions) in raw.items()}  # fmt: skip
 
 
-def train_dit(pipe, args, device, log, state: dict, banks: dict) -> EMA:
+def train_dit(pipe, args, device, log, state: dict, banks: dict, head: CaptionLabelHead | None = None) -> EMA:
     pipe.vae.to(device).eval().requires_grad_(False)
     text_encoder, transformer = pipe.text_encoder.to(device).train(), pipe.transformer.to(device).train()
     # text positions per bank: the pipeline's 512, or (exactly equivalent) a few more than the longest caption
@@ -164,10 +171,11 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict) -> EMA:
         log(f"compact text attention: {lengths} positions stand for {TEXT_LENGTH}")
     low_batch = args.batch * (SIZE // args.low_size) ** 2  # as many tokens per step as a full-size batch
     params = list(text_encoder.parameters()) + list(transformer.parameters())
-    # compiled: 1.45x the eager step at batch 256 on an H200 (bench/results/t2v-train-throughput-h200.json); one graph
-    # per batch shape (images, videos)
-    model = torch.compile(transformer) if args.compile and device.type == "cuda" else transformer
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    # compiled: 1.45x the eager step at batch 256 on an H200 (bench/results/t2v-train-throughput-h200.json); only the
+    # full-size image batch (most steps): compiling v2's three batch shapes took 4.3 of its 11.5 minutes
+    compiled = torch.compile(transformer) if args.compile and device.type == "cuda" else transformer
+    head_params = list(head.to(device).parameters()) if head is not None else []
+    opt = torch.optim.AdamW(params + head_params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = EMA(params, args.ema)
     if state.get("opt") is not None:
         opt.load_state_dict(state["opt"])
@@ -175,7 +183,7 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict) -> EMA:
         ema.load_state_dict(state["ema"])
     gen = torch.Generator(device=device).manual_seed(args.seed + state["step"])
     start, last_save, last_eval, first_step = time.time(), time.time(), time.time(), state["step"]
-    budget, seen, t_log = args.dit_minutes * 60, 0, time.time()
+    budget, seen, t_log, loss_aux = args.dit_minutes * 60, 0, time.time(), None
     while (elapsed := time.time() - start) < budget:
         # warm-up over the first 300 steps of a run, then constant, then linear cool-down over the last 25% of it
         ramp = min(1.0, (state["step"] - first_step + 1) / 300, 4.0 * (1.0 - elapsed / budget))
@@ -185,16 +193,24 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict) -> EMA:
         low = not video and "low" in banks and state["step"] % max(args.low_every, 1) == 1
         kind = "video" if video else "low" if low else "image"
         bank = banks[kind]
-        x0, ids, mask = bank.sample(max(1, args.batch // 8) if video else low_batch if low else args.batch, gen)
+        x0, ids, mask, labels = bank.sample_with_labels(
+            max(1, args.batch // 8) if video else low_batch if low else args.batch, gen
+        )  # fmt: skip
         b = x0.shape[0]
-        ids, mask = bank.drop_captions(ids, mask, torch.rand(b, device=device, generator=gen) < 0.1)  # for CFG
+        drop = torch.rand(b, device=device, generator=gen) < 0.1
+        ids, mask = bank.drop_captions(ids, mask, drop)  # for CFG
         sigma = torch.sigmoid(torch.randn(b, device=device, generator=gen)).view(b, 1, 1, 1, 1)  # logit-normal
         noise = torch.randn(x0.shape, device=device, generator=gen)
         xt = (1 - sigma) * x0 + sigma * noise
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            text = encode_text(text_encoder, ids, mask, lengths[kind])  # (B, T, 128): 512 as the pipeline's, or T
+            text, hidden = encode_text_states(text_encoder, ids, mask, lengths[kind])  # (B, T, D), (B, L, D)
+            model = compiled if kind == "image" else transformer
             v = model(xt, sigma.flatten() * 1000, text, return_dict=False)[0]
         loss = F.mse_loss(v.float(), noise - x0)
+        if head is not None and labels is not None and args.aux_weight > 0:
+            aux = head.loss(hidden[~drop], labels[~drop])  # the captions' own words (dropped rows: none)
+            loss_aux = aux.item() if state["step"] % 100 == 99 else None
+            loss = loss + args.aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -204,7 +220,9 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict) -> EMA:
         seen += b
         if state["step"] % 100 == 0:
             rate = seen / (time.time() - t_log)
-            log(f"dit step {state['step']} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} {rate:.0f}/s")
+            aux_text = f" aux {loss_aux:.3f}" if head is not None and loss_aux is not None else ""
+            log(f"dit step {state['step']} loss {loss.item():.4f}{aux_text} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{rate:.0f}/s")
             seen, t_log = 0, time.time()
         if args.eval_every and time.time() - last_eval > args.eval_every * 60:
             with ema.applied():
@@ -212,19 +230,19 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict) -> EMA:
             text_encoder.train(), transformer.train()
             last_eval = t_log = time.time()
         if time.time() - last_save > 60:
-            save_checkpoint(pipe, opt, ema, state, args.out)
+            save_checkpoint(pipe, opt, ema, state, args.out, head)
             last_save = time.time()
     text_encoder.eval(), transformer.eval()
     log(f"dit: {state['step'] - first_step} steps in {time.time() - start:.0f} s (at step {state['step']})")
-    save_checkpoint(pipe, opt, ema, state, args.out)
+    save_checkpoint(pipe, opt, ema, state, args.out, head)
     return ema
 
 
-def save_checkpoint(pipe, opt, ema: EMA | None, state: dict, out: Path) -> None:
+def save_checkpoint(pipe, opt, ema: EMA | None, state: dict, out: Path, head: torch.nn.Module | None = None) -> None:
     state = dict(state, opt=opt.state_dict() if opt is not None else None,
                  ema=ema.state_dict() if ema is not None else None)  # fmt: skip
-    torch.save({"state": state, "models": {k: m.state_dict() for k, m in pipe.components.items()
-                                           if isinstance(m, torch.nn.Module)},
+    models = {k: m.state_dict() for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    torch.save({"state": state, "models": models, "head": head.state_dict() if head is not None else None,
                 "vae_config": dict(pipe.vae.config)}, out / "checkpoint.tmp")  # fmt: skip
     os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")  # a run killed mid-save keeps the last checkpoint
 
@@ -288,6 +306,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (with optimizer)")
     parser.add_argument("--init-from", type=Path, help="continue from a saved pipeline folder (fresh optimizer)")
+    parser.add_argument("--vae-from", type=Path,
+                        help="take the VAE (and its latent statistics) of a saved pipeline folder and skip the VAE "
+                        "phase; the text encoder and DiT start fresh")  # fmt: skip
+    parser.add_argument("--text-layers", type=int, default=3, help="text encoder layers (v1/v2: 2)")
+    parser.add_argument("--text-width", type=int, default=256, help="text encoder width, multiple of 32 (v1/v2: 128)")
+    parser.add_argument("--aux-weight", type=float, default=0.1,
+                        help="weight of the text encoder's caption-label loss (caption_labels.py; 0: none, v1/v2)")
     parser.add_argument("--vae-minutes", type=float, default=4.0)
     parser.add_argument("--dit-minutes", type=float, default=13.0)
     parser.add_argument("--batch", type=int, default=256, help="images per DiT step (clips: batch / 8)")
@@ -323,6 +348,13 @@ def main() -> None:
     if args.low_every < 0 or args.low_every == 1:
         parser.error(f"--low-every {args.low_every}: must be 0 (no low-resolution steps) or ≥ 2")
     parse_kind_weights(args.kind_weights)  # a bad mix fails here, not after the VAE phase
+    if args.text_layers < 1 or args.text_width < 32 or args.text_width % 32:
+        parser.error(f"--text-layers {args.text_layers} / --text-width {args.text_width}: need ≥ 1 layer and a width "
+                     "that is a positive multiple of 32")  # fmt: skip
+    if args.aux_weight < 0:
+        parser.error(f"--aux-weight {args.aux_weight}: must be ≥ 0")
+    if args.vae_from is not None and (args.resume or args.init_from is not None):
+        parser.error("--vae-from starts a fresh DiT: it cannot be combined with --resume or --init-from")
     args.out.mkdir(parents=True, exist_ok=True)
     log = open_log(args.out / "train.log")
     log(f"args: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
@@ -331,13 +363,16 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
 
-    pipe = build_pipeline()
+    pipe = build_pipeline(text_layers=args.text_layers, text_width=args.text_width)
     pipe.set_progress_bar_config(disable=True)
+    head = CaptionLabelHead(args.text_width) if args.aux_weight > 0 else None
     state = {"step": 0, "vae_done": False, "seed": args.seed}
     if args.resume and (args.out / "checkpoint.pt").exists():
         ckpt = torch.load(args.out / "checkpoint.pt", map_location="cpu", weights_only=True)
         for name, sd in ckpt["models"].items():
             getattr(pipe, name).load_state_dict(sd)
+        if head is not None and ckpt.get("head") is not None:
+            head.load_state_dict(ckpt["head"])
         pipe.vae.register_to_config(latents_mean=ckpt["vae_config"]["latents_mean"],
                                     latents_std=ckpt["vae_config"]["latents_std"])  # fmt: skip
         state = ckpt["state"]
@@ -353,6 +388,14 @@ def main() -> None:
         state = {**json.loads((args.init_from / "training.json").read_text()), "opt": None, "ema": None}
         state.pop("eval", None)
         log(f"initialized from {args.init_from} at dit step {state['step']}")
+    elif args.vae_from is not None:
+        from diffusers import AutoencoderKLWan
+
+        saved = AutoencoderKLWan.from_pretrained(args.vae_from, subfolder="vae")
+        pipe.vae.load_state_dict({k: v.float() for k, v in saved.state_dict().items()})
+        pipe.vae.register_to_config(latents_mean=saved.config.latents_mean, latents_std=saved.config.latents_std)
+        state["vae_done"], state["vae_from"] = True, str(args.vae_from)
+        log(f"vae from {args.vae_from}; text encoder {args.text_layers} x {args.text_width} and DiT from scratch")
     if not state["vae_done"] and args.vae_minutes > 0:
         train_vae(pipe, args, device, log)
         state["vae_done"] = True
@@ -360,10 +403,11 @@ def main() -> None:
         log("vae done")
     if args.dit_minutes > 0:
         # a DiT that has trained keeps the latent statistics it was trained on
-        banks = build_banks(pipe, device, log, rendered, state["step"] == 0, args.low_size)
+        banks = build_banks(pipe, device, log, rendered, state["step"] == 0 and args.vae_from is None, args.low_size,
+                            labels=head is not None)  # fmt: skip
         pool.close()
         log(f"latent mean {pipe.vae.config.latents_mean}, std {pipe.vae.config.latents_std}")
-        ema = train_dit(pipe, args, device, log, state, banks)
+        ema = train_dit(pipe, args, device, log, state, banks, head)
         ema.copy_to_params()  # ship the EMA weights
         del banks
     pipe.to(dtype=torch.float16).save_pretrained(args.out / "pipeline")

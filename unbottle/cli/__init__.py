@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
 
     bench = verbs.add_parser("bench", help="benchmarks: JSON + markdown + plots")
-    bench.add_argument("suite", nargs="?", choices=["attention", "e2e", "quality", "noise"], default="attention")
+    bench.add_argument("suite", nargs="?", choices=["attention", "e2e", "quality", "noise", "dlm"],
+                       default="attention")  # fmt: skip
     bench.add_argument("-o", "--output", default="bench-results", help="output folder")
     from ..bench.attention import add_arguments as add_attention_arguments
 
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ..bench.noise import add_arguments as add_noise_arguments
 
     add_noise_arguments(bench)
+    from ..bench.dlm import add_arguments as add_dlm_arguments
+
+    add_dlm_arguments(bench)
     return parser
 
 
@@ -173,6 +177,10 @@ def _run(args: argparse.Namespace) -> int:
         from ..bench.noise import run_from_cli as run_noise
 
         return run_noise(args)
+    if args.verb == "bench" and args.suite == "dlm":  # the diffusion-LM benchmark (issue #9): refuses without CUDA
+        from ..bench.dlm import run_from_cli as run_dlm
+
+        return run_dlm(args)
     if args.verb == "bench":  # bench attention (issue #5): refuses without CUDA (exit 2)
         from ..bench.attention import run_from_cli
 

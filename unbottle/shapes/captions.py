@@ -117,9 +117,34 @@ def _mention(match: re.Match, i: int) -> Mention | None:
                    match.group(f"texture{i}"), match.group(f"motion{i}"))  # fmt: skip
 
 
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower().rstrip("."))
+
+
+def mention_word_spans(text: str) -> tuple[tuple[int, int], ...]:
+    """Word spans [start, end) of the mentions of `parse_caption(text)`, in order: article, attributes, shape and
+    motion words (a count caption is one mention over all its words); words are split on single spaces."""
+    clean = _clean(text)
+    if _COUNT.match(clean):
+        return ((0, clean.count(" ") + 1),)
+    match = _REL.match(clean) or _PAIR.match(clean)
+    if match is None:
+        raise ValueError(f"caption {text!r} is not in the shapes grammar (see unbottle.shapes.captions)")
+    spans = []
+    for i in (0, 1):
+        if match.group(f"color{i}") is None:
+            continue
+        start = next(match.start(f"{g}{i}") for g in ("size", "texture", "color") if match.group(f"{g}{i}"))
+        article = re.search(r"(?:^| )(?:a|an|one) $", clean[:start])
+        first = clean[:start].count(" ") - (1 if article else 0)
+        end = match.end(f"motion{i}") if match.group(f"motion{i}") else match.end(f"shape{i}")
+        spans.append((first, clean[:end].count(" ") + 1))
+    return tuple(spans)
+
+
 def parse_caption(text: str) -> CaptionSpec:
     """The facts of a caption in the shapes grammar; ValueError naming the caption if it is not one."""
-    clean = re.sub(r"\s+", " ", text.strip().lower().rstrip("."))
+    clean = _clean(text)
     if match := _COUNT.match(clean):
         n = match.group("n")
         count = int(n) if n.isdigit() else {v: k for k, v in NUMBERS.items()}[n]
