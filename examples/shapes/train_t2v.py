@@ -36,7 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from caption_labels import CaptionLabelHead, bank_labels  # noqa: E402
+from caption_labels import IGNORE, CaptionLabelHead, bank_labels  # noqa: E402
 from compact_text import set_compact_text  # noqa: E402
 from ema import EMA  # noqa: E402
 from t2v_data import (  # noqa: E402
@@ -208,7 +208,7 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict, head: CaptionLa
             v = model(xt, sigma.flatten() * 1000, text, return_dict=False)[0]
         loss = F.mse_loss(v.float(), noise - x0)
         if head is not None and labels is not None and args.aux_weight > 0:
-            aux = head.loss(hidden[~drop], labels[~drop])  # the captions' own words (dropped rows: none)
+            aux = head.loss(hidden, torch.where(drop[:, None, None], IGNORE, labels))  # dropped captions: no labels
             loss_aux = aux.item() if state["step"] % 100 == 99 else None
             loss = loss + args.aux_weight * aux
         opt.zero_grad(set_to_none=True)

@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,6 @@ import torch.nn.functional as F
 from ..attention_processors.block_mask import num_blocks, pattern_to_block_mask
 from ..attention_processors.patterns import select_blocks
 from . import script
-from .script import writable_output
 
 SHAPES: tuple[tuple[int, int, int], ...] = ((4608, 24, 128), (17776, 48, 64), (32760, 12, 128), (75600, 24, 128))
 DENSITIES: tuple[float, ...] = (1.0, 0.25, 0.10, 0.05, 0.03)
@@ -817,11 +815,8 @@ def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
     """`unbottle bench attention`: refuse without CUDA (UsageError, exit 2), run, and exit 1 if our check failed."""
     from ..cli.errors import RunError
 
-    out_dir = writable_output(args, NO_CUDA_MESSAGE)
-    command = command or shlex.join(["unbottle", *sys.argv[1:]])
-    results = run_benchmark(options_from_args(args), out_dir, command)
-    md = out_dir / f"attention-{results['gpu_tag']}.md"
-    print(md.read_text())
+    results = script.run_and_print(args, command, NO_CUDA_MESSAGE, options_from_args, run_benchmark,
+                                   lambda r: f"attention-{r['gpu_tag']}.md")  # fmt: skip
     failed = failed_checks(results)
     if failed:
         where = ", ".join(f"{r['shape']}@{r['density']:g}" for r in failed)

@@ -79,7 +79,6 @@ import gc
 import json
 import math
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -92,7 +91,7 @@ import torch
 
 from . import script
 from .attention import _error_text, _free, _git_commit, _jsonable, _log, gpu_tag, parse_densities
-from .script import parse_names, share_quick_and_seed, writable_output
+from .script import parse_names, share_quick_and_seed
 
 NO_CUDA_MESSAGE = "the diffusion-LM benchmark needs a CUDA GPU; torch sees none here"
 CONTEXTS: tuple[int, ...] = (8192, 16384, 32768, 65536)
@@ -1236,11 +1235,8 @@ def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
     row failed."""
     from ..cli.errors import RunError
 
-    out_dir = writable_output(args, NO_CUDA_MESSAGE)
-    options = options_from_args(args)
-    command = command or shlex.join(["unbottle", *sys.argv[1:]])
-    results = run_benchmark(options, out_dir, command)
-    print((out_dir / f"{output_stem(results)}.md").read_text(), flush=True)
+    results = script.run_and_print(args, command, NO_CUDA_MESSAGE, options_from_args, run_benchmark,
+                                   lambda r: f"{output_stem(r)}.md")  # fmt: skip
     failed = failed_rows(results)
     if results.get("setup_error"):
         raise RunError(f"setup failed: {results['setup_error']}")

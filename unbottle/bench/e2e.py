@@ -39,7 +39,6 @@ import dataclasses
 import datetime
 import json
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -51,7 +50,7 @@ import torch
 
 from . import script
 from .attention import _error_text, _free, _git_commit, _jsonable, _log, _sync, gpu_tag
-from .script import parse_names, share_quick_and_seed, writable_output
+from .script import parse_names, share_quick_and_seed
 
 NO_CUDA_MESSAGE = "the end-to-end benchmark needs a CUDA GPU; torch sees none here"
 TEXT_TOKENS = 512  # both pipelines' `max_sequence_length` default: T5/UMT5 embeddings of 512 tokens
@@ -683,11 +682,8 @@ def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
     row failed."""
     from ..cli.errors import RunError
 
-    out_dir = writable_output(args, NO_CUDA_MESSAGE)
-    options = options_from_args(args)
-    command = command or shlex.join(["unbottle", *sys.argv[1:]])
-    results = run_benchmark(options, out_dir, command)
-    print((out_dir / f"{output_stem(results)}.md").read_text())
+    results = script.run_and_print(args, command, NO_CUDA_MESSAGE, options_from_args, run_benchmark,
+                                   lambda r: f"{output_stem(r)}.md")  # fmt: skip
     failed = [f"{r['case']}/{r['variant']}" for r in results["rows"] if r["error"]]
     if failed:
         raise RunError(f"{len(failed)} variant(s) failed (errors in the report): {', '.join(failed)}")

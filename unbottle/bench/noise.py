@@ -43,7 +43,6 @@ import gc
 import json
 import math
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -58,7 +57,7 @@ import torch
 from . import script
 from .attention import _error_text, _free, _git_commit, _jsonable, _log, gpu_tag
 from .e2e import _peak_reset, _timed, cast_like_from_pretrained
-from .script import parse_names, share_quick_and_seed, writable_output
+from .script import parse_names, share_quick_and_seed
 
 NO_CUDA_MESSAGE = "the noise-search benchmark needs a CUDA GPU; torch sees none here"
 PROMPT = "a photo of a red cube on a blue sphere"  # words the offline tokenizer spells as whole tokens
@@ -580,11 +579,8 @@ def run_from_cli(args: argparse.Namespace, command: str | None = None) -> int:
     failed."""
     from ..cli.errors import RunError
 
-    out_dir = writable_output(args, NO_CUDA_MESSAGE)
-    options = options_from_args(args)
-    command = command or shlex.join(["unbottle", *sys.argv[1:]])
-    results = run_benchmark(options, out_dir, command)
-    print((out_dir / f"{output_stem(results)}.md").read_text(), flush=True)
+    results = script.run_and_print(args, command, NO_CUDA_MESSAGE, options_from_args, run_benchmark,
+                                   lambda r: f"{output_stem(r)}.md")  # fmt: skip
     failed = [r["variant"] for r in results["rows"] if r["error"]]
     failed += ["plain generation"] if (results.get("plain") or {}).get("error") else []
     if failed:

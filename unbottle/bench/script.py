@@ -28,6 +28,21 @@ def writable_output(args: argparse.Namespace, no_cuda_message: str) -> Path:
     return out_dir
 
 
+def run_and_print(
+    args: argparse.Namespace, command: str | None, no_cuda_message: str,
+    options_from_args: Callable[[argparse.Namespace], object], run_benchmark: Callable[[object, Path, str], dict],
+    report_name: Callable[[dict], str],
+) -> dict:  # fmt: skip
+    """What every `unbottle bench SUITE` does first: refuse without CUDA, run the suite on `args`' options into its
+    output folder (`command` recorded, the CLI's by default), print the markdown report; returns the results."""
+    out_dir = writable_output(args, no_cuda_message)
+    options = options_from_args(args)
+    command = command or shlex.join(["unbottle", *sys.argv[1:]])
+    results = run_benchmark(options, out_dir, command)
+    print((out_dir / report_name(results)).read_text(), flush=True)
+    return results
+
+
 def build_parser(
     prog: str | None, description: str, add_arguments: Callable[[argparse.ArgumentParser], None]
 ) -> argparse.ArgumentParser:
