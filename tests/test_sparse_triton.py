@@ -41,10 +41,19 @@ def _attention(*args, **kwargs):
     return _kernel_module().block_sparse_attention_triton(*args, **kwargs)
 
 
-def _launch_into(q, k, v, block_mask, scale, out, lse, out_scale=None, config=None):
+def _launch_into(q, k, v, block_mask, scale, out, lse, out_scale=None, config=None, path=None):
     """Run the kernel into the given (poisoned) buffers and hand them back (a worker's writes stay in the worker)."""
-    _kernel_module()._launch(q, k, v, block_mask, scale, out, lse, out_scale, config)
+    _kernel_module()._launch(q, k, v, block_mask, scale, out, lse, out_scale, config, path)
     return out, lse
+
+
+def _tma_refusal(q, k, v, block_mask):
+    """The error `path='tma'` raises for inputs the TMA kernel cannot take (None if it ran)."""
+    try:
+        _launch_into(q, k, v, block_mask, 0.125, torch.empty_like(q), None, path="tma")
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 _pool: ProcessPoolExecutor | None = None
@@ -228,6 +237,149 @@ def test_head_size_96_padded_and_bnhd_layout():
     check(out, lse, q, k, v, mask)
 
 
+# -- the TMA kernel (Hopper's default path; fp16 in the interpreter, whose bf16 dot is wrong) -----------------------
+TMA_DTYPES = [torch.float16, torch.bfloat16] if CUDA else [torch.float16]
+
+
+@pytest.mark.parametrize("dtype", TMA_DTYPES)
+@pytest.mark.parametrize(("n_q", "n_kv", "d", "density", "config"), [
+    (256, 256, 64, 1.0, None),  # lengths a multiple of the blocks: no tail mask
+    (300, 300, 64, 0.25, None),  # tails on both sides
+    (200, 290, 128, 0.5, {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 2}),  # cross lengths, sub-tiles
+    (290, 130, 32, 0.05, None),
+])  # fmt: skip
+def test_tma_path_matches_reference(dtype, n_q, n_kv, d, density, config):
+    gen = generator()
+    q, k, v = random_qkv(gen, 2, 3, n_q, n_kv, d, dtype)
+    mask = engine_mask(gen, 2, 3, n_q, n_kv, 32, density, empty_rows=(1,))
+    rho = torch.rand(2, 3, n_q, device=DEVICE, generator=gen) + 0.5  # (B, H, Nq)
+    out, lse = run(_launch_into, q, k, v, mask, d**-0.5, *poisoned(q), rho, config, "tma")
+    check(out, lse, q, k, v, mask, out_scale=rho)
+    assert (out[:, :, 32:64] == 0).all() and (lse[:, :, 32:64] == float("-inf")).all()  # the empty query block
+
+
+def test_tma_path_partial_tiles_and_bnhd_layout():
+    """Partial and full lists both run on the TMA path, and a (B, N, H, D) tensor viewed as (B, H, N, D) is read
+    through its strides (the layout diffusers' processors hand over)."""
+    gen = generator()
+    n = 260
+    nb = bm.num_blocks(n, 32)
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in random_qkv(gen, 2, 3, n, n, 64, torch.float16))
+    order = torch.rand(2, 3, nb, nb, device=DEVICE, generator=gen).argsort(-1).int()  # (B, H, nQ, nK)
+    part_idx, full_idx = order.contiguous(), torch.cat([order[..., 3:], order[..., :3]], -1).contiguous()
+    part_n = torch.randint(0, 4, (2, 3, nb), device=DEVICE, generator=gen, dtype=torch.int32)
+    full_n = torch.randint(1, nb - 2, (2, 3, nb), device=DEVICE, generator=gen, dtype=torch.int32)
+    mask = BlockMask.from_kv_blocks(part_n, part_idx, full_n, full_idx, BLOCK_SIZE=32, seq_lengths=(n, n))
+    out, lse = run(_launch_into, q, k, v, mask, 0.125, *poisoned(q.transpose(1, 2).contiguous().transpose(1, 2)),
+                   None, None, "tma")  # fmt: skip
+    check(out, lse, q, k, v, mask, scale=0.125)
+
+
+@pytest.mark.parametrize("case", ["fp32", "d96"])
+def test_tma_path_refuses_inputs_it_cannot_take(case):
+    gen = generator()
+    d, dtype = (64, torch.float32) if case == "fp32" else (96, torch.float16)
+    q, k, v = random_qkv(gen, 1, 2, 64, 64, d, dtype)
+    error = run(_tma_refusal, q, k, v, engine_mask(gen, 1, 2, 64, 64, 32, 1.0))
+    assert error is not None and "path 'tma'" in error and "fp16/bf16, a power-of-two head size" in error
+
+
+def test_default_path_is_tma_only_on_hopper():
+    module = _kernel_module()
+    q = torch.empty(1, 2, 64, 64, dtype=torch.bfloat16, device=DEVICE)
+    hopper = CUDA and torch.cuda.get_device_capability()[0] >= 9 and not module.INTERPRETED
+    assert module.use_tma(q, q, q, q) == hopper
+    assert not module.use_tma(q.float(), q.float(), q.float(), q.float())  # fp32 keeps the pointer kernel
+
+
+def test_a_failing_tma_kernel_falls_back_to_the_pointer_kernel(monkeypatch):
+    """If the TMA kernel cannot run here (a Triton that cannot lower it), the pointer kernel runs those inputs, with
+    a warning, and later calls go straight to it; asking for path='tma' explicitly still raises."""
+    module = _kernel_module()
+    if module.INTERPRETED:
+        pytest.skip("this process imported triton in interpreter mode")
+    tma_calls, pointer_calls = [], []
+
+    def failing_tma(*args, **kwargs):
+        tma_calls.append(1)
+        raise RuntimeError("cannot lower tt.descriptor_load")
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda **kwargs: pointer_calls.append(kwargs["HEAD_DIM"])
+
+    monkeypatch.setattr(module, "_block_sparse_fwd_tuned", Capture())
+    monkeypatch.setattr(module, "INTERPRETED", True)  # CPU tensors through the checks: nothing runs
+    monkeypatch.setattr(module, "use_tma", lambda *args: True)
+    monkeypatch.setattr(module, "launch_tma", failing_tma)
+    monkeypatch.setattr(module, "TMA_REFUSED", set())
+    q = torch.empty(1, 2, 256, 64, dtype=torch.bfloat16)
+    mask = engine_mask(generator(), 1, 2, 256, 256, 128, 0.5)
+    with pytest.warns(UserWarning, match="TMA kernel failed.*cannot lower"):
+        module.block_sparse_attention_triton(q, q, q, mask)
+    module.block_sparse_attention_triton(q, q, q, mask)
+    assert tma_calls == [1] and pointer_calls == [64, 64]
+    assert module.TMA_REFUSED == {(torch.bfloat16, 64, 128, 128)}
+    with pytest.raises(RuntimeError, match="cannot lower"):
+        module._launch(q, q, q, mask, 0.125, torch.empty_like(q), None, path="tma")
+
+
+# -- SparseD's tile importance (kernels/tile_importance.py) against patterns' PyTorch pass -------------------------
+def _tile_sums(q, k, lse, block_size, scale):
+    from unbottle.attention_processors.kernels.tile_importance import tile_probability_sums
+
+    return tile_probability_sums(q, k, lse, block_size, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("n_q", "n_kv", "d", "bs"), [(256, 256, 64, 32), (300, 290, 64, 64), (130, 200, 96, 32),
+                                                      (200, 333, 128, 16)])  # fmt: skip
+def test_tile_importance_kernel_matches_the_pytorch_pass(dtype, n_q, n_kv, d, bs):
+    from unbottle.attention_processors import patterns
+
+    gen = generator()
+    q, k, _ = random_qkv(gen, 2, 3, n_q, n_kv, d, dtype)
+    scale = d**-0.5
+    lse = torch.logsumexp(q.float() @ k.float().transpose(-1, -2) * scale, -1)  # (B, H, Nq)
+    lse[:, 1, :5] = float("inf")  # rows the caller gives no mass (SparseD's rows without a kept key)
+    sums = run(_tile_sums, q, k, lse, bs, scale)  # (B, H, nQ, nK)
+    ref = patterns._tile_sums(q.float().cpu(), k.float().cpu(), lse.cpu(), bs, scale, 64, None)
+    assert sums.shape == ref.shape == (2, 3, bm.num_blocks(n_q, bs), bm.num_blocks(n_kv, bs))
+    assert rel_err(sums.cpu(), ref) <= TOL[dtype], f"relative error {rel_err(sums.cpu(), ref):.2e}"
+    rows = torch.isfinite(lse).float()  # (B, H, Nq): each row's probabilities sum to 1 over the keys
+    per_block = torch.nn.functional.pad(rows, (0, bm.num_blocks(n_q, bs) * bs - n_q)).view(2, 3, -1, bs).sum(-1)
+    torch.testing.assert_close(sums.sum(-1).cpu(), per_block.cpu(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_tile_importance_kernel_refuses_what_it_cannot_take():
+    from unbottle.attention_processors.kernels.tile_importance import tile_probability_sums
+
+    q = torch.zeros(1, 2, 64, 64, device=DEVICE)
+    lse = torch.zeros(1, 2, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="block size 48"):
+        tile_probability_sums(q, q, lse, 48, 0.125)
+    with pytest.raises(ValueError, match=r"lse has shape \(1, 2, 63\)"):
+        tile_probability_sums(q, q, lse[..., :63], 32, 0.125)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_exact_block_importance_uses_the_fused_kernel(monkeypatch):
+    """On CUDA without a mask the engine's importance comes from the kernel, and equals the PyTorch pass."""
+    from unbottle.attention_processors import patterns
+    from unbottle.attention_processors.kernels import tile_importance
+
+    calls = []
+    real = tile_importance.tile_probability_sums
+    monkeypatch.setattr(tile_importance, "tile_probability_sums", lambda *a: calls.append(1) or real(*a))
+    gen = generator()
+    q, k, _ = random_qkv(gen, 2, 4, 4100, 4100, 128, torch.bfloat16)
+    lse = torch.logsumexp(q.float() @ k.float().transpose(-1, -2) * 128**-0.5, -1)
+    fused = patterns.exact_block_importance(q, k, lse, 128, 128**-0.5)
+    keep_all = torch.ones(1, 1, 1, 4100, dtype=torch.bool, device="cuda")  # with a mask the PyTorch pass runs
+    ref = patterns.exact_block_importance(q.float(), k.float(), lse, 128, 128**-0.5, attn_mask=keep_all)
+    assert calls == [1] and rel_err(fused, ref) <= 1e-2
+
+
 # -- input validation ----------------------------------------------------------------------------------------------
 def _custom_mask_mod(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
@@ -362,8 +514,34 @@ def test_gpu_no_recompilation_for_new_sequence_lengths():
         out, lse = module.block_sparse_attention_triton(q, k, v, engine_mask(gen, 1, 2, n, n, 128, 0.25))
         torch.cuda.synchronize()
 
+    from unbottle.attention_processors.kernels import block_sparse_fwd_tma
+
+    def variants():  # both kernels: the default path on Hopper is the TMA one
+        kernels = (module._block_sparse_fwd_kernel, block_sparse_fwd_tma._block_sparse_fwd_tma_kernel)
+        return sum(len(cache[0]) for kernel in kernels for cache in kernel.device_caches.values())
+
     call(1024)  # autotunes and compiles the configs once
-    compiled = sum(len(cache[0]) for cache in module._block_sparse_fwd_kernel.device_caches.values())
-    for n in (1000, 1003, 1517, 2048, 4097):
+    call(1000)  # a length with a tail: the TMA kernel's MASK_TAIL variant
+    compiled = variants()
+    for n in (1003, 1517, 2048, 4097, 5000):
         call(n)
-    assert sum(len(cache[0]) for cache in module._block_sparse_fwd_kernel.device_caches.values()) == compiled
+    assert variants() == compiled
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs a Hopper (or newer) GPU")
+def test_gpu_engine_runs_long_sequences_on_the_triton_kernel(monkeypatch):
+    """The engine's `block_sparse_attention` takes our kernel from TRITON_MIN_KEYS keys up, FlexAttention below."""
+    from unbottle.attention_processors import block_sparse
+    from unbottle.attention_processors.kernels import block_sparse_fwd
+
+    calls = []
+    real = block_sparse_fwd.block_sparse_attention_triton
+    monkeypatch.setattr(block_sparse_fwd, "block_sparse_attention_triton",
+                        lambda *a, **kw: calls.append(a[0].shape[2]) or real(*a, **kw))  # fmt: skip
+    gen = generator()
+    for n in (block_sparse.TRITON_MIN_KEYS + 100, 4608):
+        q, k, v = random_qkv(gen, 1, 2, n, n, 128, torch.bfloat16)
+        mask = engine_mask(gen, 1, 2, n, n, 128, 0.05)
+        out, lse = block_sparse.block_sparse_attention(q, k, v, mask)
+        check(out, lse, q, k, v, mask)
+    assert calls == [block_sparse.TRITON_MIN_KEYS + 100]

@@ -1,5 +1,7 @@
 """Train the shapes text-to-image+video model: a stock WanPipeline (AutoencoderKLWan + UMT5 + WanTransformer3DModel).
 
+    python examples/shapes/train_t2v.py --out runs/t2v4 --vae-from runs/t2v/pipeline --dit-minutes 13 --seed 2 \
+        --bank-images 300000 --low-images 60000 --bank-workers 14      # the shipped v4 on v1's VAE (15.3 min)
     python examples/shapes/train_t2v.py --out runs/t2v           # one H200: VAE 4 min, banks 1.4, DiT 13 = 18.5 min
     python examples/shapes/train_t2v.py --out runs/t2v --resume --dit-minutes 6          # continue (with optimizer)
     python examples/shapes/train_t2v.py --out runs/t2v2 --init-from runs/t2v/pipeline --dit-minutes 11.5 --seed 1 \
@@ -9,12 +11,13 @@ Images are 1-frame videos: 128 px → VAE ×4 → 32×32 latents → 2×2 patche
 give 5 latent frames = 1,280 tokens. Phase 1 trains the VAE (L1 + MSE with object pixels weighted up, a light KL,
 a linear learning-rate cool-down) on a seeded pixel stream, while a process pool renders the DiT's data. Phase 2
 freezes the VAE, encodes that data once into latent banks on the GPU (normalized with the bank's own statistics),
-and trains the text encoder and the DiT together with rectified-flow matching (logit-normal σ, 10% empty captions
-for classifier-free guidance), prompts embedded exactly as `WanPipeline.__call__` embeds them (512 text positions,
-computed exactly over the captions' own positions by `compact_text.py`), scene kinds weighted by `--kind-weights`,
-and every `--low-every`-th step on a bank of 64 px images (multi-resolution, for bottleneck sampling);
-the saved weights are an EMA of the trained ones. Checkpoints every minute (resumable; banks are re-created from
-their seeds); the pipeline is saved in fp16 with `save_pretrained`.
+and trains the text encoder and the DiT together with rectified-flow matching (logit-normal σ shifted as the
+sampler's schedule is shifted, `--train-shift`; 10% empty captions for classifier-free guidance), prompts embedded
+exactly as `WanPipeline.__call__` embeds them (512 text positions, computed exactly over the captions' own positions
+by `compact_text.py`), scene kinds weighted by `--kind-weights`, and every `--low-every`-th step on a bank of 64 px
+images (multi-resolution, for bottleneck sampling); the saved weights are an EMA of the trained ones. Checkpoints
+every minute (resumable; banks are re-created from their seeds); the pipeline is saved in fp16 with
+`save_pretrained`.
 """
 
 from __future__ import annotations
@@ -200,6 +203,7 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict, head: CaptionLa
         drop = torch.rand(b, device=device, generator=gen) < 0.1
         ids, mask = bank.drop_captions(ids, mask, drop)  # for CFG
         sigma = torch.sigmoid(torch.randn(b, device=device, generator=gen)).view(b, 1, 1, 1, 1)  # logit-normal
+        sigma = shift_sigmas(sigma, args.train_shift)
         noise = torch.randn(x0.shape, device=device, generator=gen)
         xt = (1 - sigma) * x0 + sigma * noise
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -236,6 +240,11 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict, head: CaptionLa
     log(f"dit: {state['step'] - first_step} steps in {time.time() - start:.0f} s (at step {state['step']})")
     save_checkpoint(pipe, opt, ema, state, args.out, head)
     return ema
+
+
+def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow-matching time shift s·σ / (1 + (s − 1)·σ) of SD3 (Esser et al., 2024), as the scheduler samples."""
+    return sigma if shift == 1.0 else shift * sigma / (1.0 + (shift - 1.0) * sigma)
 
 
 def save_checkpoint(pipe, opt, ema: EMA | None, state: dict, out: Path, head: torch.nn.Module | None = None) -> None:
@@ -332,6 +341,9 @@ def main() -> None:
     parser.add_argument("--bank-workers", type=int, default=max(1, min(10, (os.cpu_count() or 2) - 6)))
     parser.add_argument("--vae-batch", type=int, default=48)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--train-shift", type=float, default=3.0,
+                        help="shift the logit-normal training σ as the pipeline's scheduler shifts its sampling "
+                        "schedule (3, as it samples; 1: none, v1–v3)")  # fmt: skip
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved DiT/text-encoder weights")
     parser.add_argument("--vae-lr", type=float, default=5e-4)
     parser.add_argument("--workers", type=int, default=5, help="data-loader processes of the VAE phase")
@@ -351,6 +363,8 @@ def main() -> None:
     if args.text_layers < 1 or args.text_width < 32 or args.text_width % 32:
         parser.error(f"--text-layers {args.text_layers} / --text-width {args.text_width}: need ≥ 1 layer and a width "
                      "that is a positive multiple of 32")  # fmt: skip
+    if not 0.1 <= args.train_shift <= 20:
+        parser.error(f"--train-shift {args.train_shift}: allowed 0.1 ≤ shift ≤ 20 (1: no shift)")
     if args.aux_weight < 0:
         parser.error(f"--aux-weight {args.aux_weight}: must be ≥ 0")
     if args.vae_from is not None and (args.resume or args.init_from is not None):

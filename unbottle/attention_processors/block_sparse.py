@@ -1,7 +1,10 @@
 """`block_sparse_attention`: attention over the kept tiles of a FlexAttention `BlockMask`, with log-sum-exps.
 
-CPU runs the PyTorch reference; CUDA runs compiled FlexAttention (eager FlexAttention ignores full-tile block
-structure, see notes), and the Triton kernel of issue #5 plugs in behind this same function.
+CPU runs the PyTorch reference. CUDA runs our Triton kernel (issue #5, its TMA path) where it was measured faster:
+on Hopper, fp16/bf16, power-of-two head sizes, from `TRITON_MIN_KEYS` keys up (on an H200 1.07–1.2× compiled
+FlexAttention from 17,776 keys, and no recompilation per sequence length; at 4,608 keys FlexAttention is level or
+ahead, bench/results/attention-h200.md). Everything else runs compiled FlexAttention (eager FlexAttention ignores
+full-tile block structure, see notes), and the reference where that fails.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .reference import block_sparse_attention_reference, dense_attention_reference
 
+TRITON_MIN_KEYS = 16_384  # below this FlexAttention is as fast (and lighter on the CPU per call)
 _compiled_flex = None
+_triton_refused: set = set()  # (head dim, value dim, dtype, block sizes) that our Triton kernel failed on
 _flex_refused: set = set()  # (head dim, value dim, dtype, block sizes) that compiled FlexAttention failed on
 _dense_lse_backends: dict = {}  # (head dim, value dim, dtype) -> the CUDA route that gave a correct LSE
 
@@ -46,7 +51,20 @@ def block_sparse_attention(
         raise ValueError(f"block_mask covers {(seq_q, seq_k)} tokens but q, k have {(q.shape[2], k.shape[2])}")
     key = (q.shape[-1], v.shape[-1], q.dtype, block_mask.BLOCK_SIZE)
     out = None
-    if q.is_cuda and key not in _flex_refused:
+    if q.is_cuda and k.shape[2] >= TRITON_MIN_KEYS and v.shape[-1] == q.shape[-1]:
+        from .kernels.block_sparse_fwd import block_sparse_attention_triton, use_tma
+
+        if key not in _triton_refused and use_tma(q, k, v, q):  # the output takes q's layout
+            try:
+                out, lse = block_sparse_attention_triton(q, k, v, block_mask, scale=scale)
+            except ValueError:  # what the kernel refuses (e.g. partial tiles under a real mask_mod): FlexAttention
+                out = None
+            except Exception as e:  # noqa: BLE001 — a kernel that fails to build here: FlexAttention from now on
+                _triton_refused.add(key)
+                warnings.warn(f"the Triton kernel failed on head size {q.shape[-1]}, {q.dtype} ({type(e).__name__}: "
+                              f"{str(e)[:200]}); FlexAttention runs this shape from now on", stacklevel=2)  # fmt: skip
+                out = None
+    if out is None and q.is_cuda and key not in _flex_refused:
         try:
             out, lse = _flex(q, k, v, block_mask, scale)
         except Exception as e:  # noqa: BLE001 — compilation can fail many ways (e.g. head sizes FlexAttention lacks)

@@ -8,6 +8,7 @@ lists, see block_mask.py.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,49 @@ def exact_block_importance(
     q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, block_size: int, scale: float, chunk: int = 1024,
     attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """(1, H, nQ, nK) mean softmax probability per tile under exact attention, averaged over the batch (SparseD)."""
+    """(1, H, nQ, nK) mean softmax probability per tile under exact attention, averaged over the batch (SparseD).
+
+    On CUDA without `attn_mask`, one fused Triton pass (kernels/tile_importance.py); otherwise (and as its reference)
+    chunks of `chunk` query rows through an fp32 score matrix."""
+    b, h, n, _ = q.shape
+    n_kv = k.shape[2]
+    nqb, nkb = num_blocks(n, block_size), num_blocks(n_kv, block_size)
+    sums = _fused_tile_sums(q, k, lse, block_size, scale) if attn_mask is None and q.is_cuda else None
+    if sums is None:
+        sums = _tile_sums(q, k, lse, block_size, scale, chunk, attn_mask)
+    q_sizes = torch.full((nqb,), block_size, device=q.device, dtype=torch.float32)
+    q_sizes[-1] = n - (nqb - 1) * block_size
+    k_sizes = torch.full((nkb,), block_size, device=q.device, dtype=torch.float32)
+    k_sizes[-1] = n_kv - (nkb - 1) * block_size
+    return (sums / (q_sizes[:, None] * k_sizes[None, :])).mean(0, keepdim=True)
+
+
+_fused_refused: set = set()  # (dtype, head size, block size) on which the fused kernel failed
+
+
+def _fused_tile_sums(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, block_size: int, scale: float):
+    """(B, H, nQ, nK) tile sums from the Triton kernel, or None where it does not run (then PyTorch does)."""
+    key = (q.dtype, q.shape[-1], block_size)
+    if key in _fused_refused or k.dtype != q.dtype:
+        return None
+    try:
+        from .kernels.tile_importance import tile_importance_supported, tile_probability_sums
+
+        if not tile_importance_supported(q, block_size):
+            return None
+        return tile_probability_sums(q, k, lse, block_size, scale)
+    except Exception as e:  # noqa: BLE001 — no Triton, or a build that cannot lower it: the PyTorch pass runs
+        _fused_refused.add(key)
+        warnings.warn(f"the fused tile-importance kernel failed for {key} ({type(e).__name__}: {str(e)[:200]}); "
+                      "the PyTorch pass runs from now on", stacklevel=3)  # fmt: skip
+        return None
+
+
+def _tile_sums(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, block_size: int, scale: float, chunk: int,
+    attn_mask: torch.Tensor | None,
+) -> torch.Tensor:  # fmt: skip
+    """(B, H, nQ, nK) Σ exp(s − lse) per tile, `chunk` query rows at a time (the reference of the fused kernel)."""
     b, h, n, _ = q.shape
     n_kv = k.shape[2]
     nqb, nkb = num_blocks(n, block_size), num_blocks(n_kv, block_size)
@@ -92,9 +135,4 @@ def exact_block_importance(
         p = F.pad(p, (0, nkb * block_size - n_kv, 0, math.ceil(c / block_size) * block_size - c))
         tiles = p.view(b, h, -1, block_size, nkb, block_size).sum((3, 5))  # (B, H, c/bs, nK)
         rows.append(tiles)
-    sums = torch.cat(rows, 2)[:, :, :nqb]
-    q_sizes = torch.full((nqb,), block_size, device=q.device, dtype=torch.float32)
-    q_sizes[-1] = n - (nqb - 1) * block_size
-    k_sizes = torch.full((nkb,), block_size, device=q.device, dtype=torch.float32)
-    k_sizes[-1] = n_kv - (nkb - 1) * block_size
-    return (sums / (q_sizes[:, None] * k_sizes[None, :])).mean(0, keepdim=True)
+    return torch.cat(rows, 2)[:, :, :nqb]

@@ -44,6 +44,7 @@ PRESETS = MappingProxyType({
     # the details at full resolution. 200 held-out captions (bench/results/quality-shapes-v3-presets-cpu.md): stock
     # 0.645, wan-2x 0.640, wan-3x 0.640 (−0.5 points; all facts 0.853 → 0.870).
     # Out of sample (96 captions of seed 20,000, wan-3x steps): stock 0.635, Flux strengths 0.573, 0.7 / 0.8 0.625.
+    # On the shapes model v4 (quality-shapes-v4-presets-cpu.md): stock 0.875, wan-2x 0.855, wan-3x 0.865 (−1 point).
     "wan-2x": ("Wan", (
         (1.0, 8, 1.0, 9.0),
         (0.5, 24, 0.7, 6.0),

@@ -12,12 +12,17 @@ head sizes pad to the next power of two with masked loads. Autotuning is keyed o
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import torch
 import triton
 import triton.language as tl
 from torch.nn.attention.flex_attention import BlockMask, noop_mask
+
+from .block_sparse_fwd_tma import launch_tma, tma_eligible
+from .program_rows import finish_rows, kept_list, store_lse
 
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 256
@@ -131,25 +136,22 @@ def _block_sparse_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if HAS_PARTIAL:  # partial tiles under the no-op mask_mod: kept whole
-        count = tl.load(part_count_ptr + off_b * stride_pcb + off_h * stride_pch + q_block * stride_pcq)
-        idx_ptr = part_idx_ptr + off_b * stride_pib + off_h * stride_pih + q_block * stride_piq
+        count, idx_ptr = kept_list(part_count_ptr, part_idx_ptr, stride_pcb, stride_pch, stride_pcq, stride_pib,
+                                   stride_pih, stride_piq, off_b, off_h, q_block)  # fmt: skip
         acc, l_i, m_i = _attend_kept_blocks(
             acc, l_i, m_i, q, count, part_width, idx_ptr, stride_pik, k_base, v_base, stride_kn, stride_vn, offs_d,
             n_kv, n_kv_blocks, qk_scale, HEAD_DIM, BLOCK_D, KV_BS, BLOCK_N, DOT_PRECISION, UPCAST_DOT,
         )  # fmt: skip
     if HAS_FULL:
-        count = tl.load(full_count_ptr + off_b * stride_fcb + off_h * stride_fch + q_block * stride_fcq)
-        idx_ptr = full_idx_ptr + off_b * stride_fib + off_h * stride_fih + q_block * stride_fiq
+        count, idx_ptr = kept_list(full_count_ptr, full_idx_ptr, stride_fcb, stride_fch, stride_fcq, stride_fib,
+                                   stride_fih, stride_fiq, off_b, off_h, q_block)  # fmt: skip
         acc, l_i, m_i = _attend_kept_blocks(
             acc, l_i, m_i, q, count, full_width, idx_ptr, stride_fik, k_base, v_base, stride_kn, stride_vn, offs_d,
             n_kv, n_kv_blocks, qk_scale, HEAD_DIM, BLOCK_D, KV_BS, BLOCK_N, DOT_PRECISION, UPCAST_DOT,
         )  # fmt: skip
 
-    # epilogue: rows with no kept key have l_i = 0 → output 0, LSE -inf (the reference's convention)
-    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # (BLOCK_M, BLOCK_D)
-    if HAS_OUT_SCALE:  # Re-ttention's per-row rho
-        s_base = scale_ptr + off_b.to(tl.int64) * stride_sb + off_h.to(tl.int64) * stride_sh
-        o = o * tl.load(s_base + offs_m * stride_sn, mask=rows_ok, other=0.0)[:, None]
+    o = finish_rows(acc, l_i, scale_ptr, stride_sb, stride_sh, stride_sn, off_b, off_h, offs_m, rows_ok,
+                    HAS_OUT_SCALE)  # (BLOCK_M, BLOCK_D)  # fmt: skip
     o_base = o_ptr + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
     o_ptrs = o_base + offs_m[:, None] * stride_on + offs_d[None, :]
     if BLOCK_D == HEAD_DIM:
@@ -157,9 +159,7 @@ def _block_sparse_fwd_kernel(
     else:
         tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=rows_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
     if STORE_LSE:
-        lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # log2 → natural log; l_i = 0 gives -inf
-        l_base = lse_ptr + off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
-        tl.store(l_base + offs_m, lse, mask=rows_ok)
+        store_lse(lse_ptr, stride_lb, stride_lh, off_b, off_h, offs_m, rows_ok, m_i, l_i)
 
 
 def _largest_tile(block_size: int, cap: int) -> int:
@@ -269,12 +269,31 @@ def _check_inputs(
             raise ValueError(f"out_scale is {out_scale.dtype} on {out_scale.device}; allowed: float32 on {q.device}")
 
 
+TMA_REFUSED: set[tuple] = set()  # (dtype, D, block sizes) on which the TMA kernel failed: the pointer kernel runs
+TUNED: dict[tuple, dict] = {}  # autotuned config per autotuning key: later calls launch it without the autotuner
+
+
+def tuned_key(args: dict, kernel: str = "pointer") -> tuple:
+    """The autotuner's own key (HEAD_DIM, block sizes, the tensors' dtypes), plus the kernel's name and MASK_TAIL."""
+    dtypes = tuple(str(v.dtype) for v in args.values() if isinstance(v, torch.Tensor))
+    return (kernel, args["HEAD_DIM"], args["Q_BS"], args["KV_BS"], args.get("MASK_TAIL"), *dtypes)
+
+
+def remember_tuned(key: tuple, tuned: triton.runtime.Autotuner) -> None:
+    """Keep the config the autotuner just ran (~80 µs of Python per call saved on an H200; not in the interpreter)."""
+    best = getattr(tuned, "best_config", None)
+    if best is not None and not INTERPRETED:
+        TUNED[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+
+
 def _launch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float, out: torch.Tensor,
     lse: torch.Tensor | None, out_scale: torch.Tensor | None = None, config: dict | None = None,
+    path: str | None = None,
 ) -> None:  # fmt: skip
     """Run the kernel into `out` (B, H, Nq, D) and `lse` (B, H, Nq) fp32 (or None); `config` (BLOCK_M, BLOCK_N,
-    num_warps, num_stages) bypasses autotuning. Inputs are assumed validated, with unit stride on D."""
+    num_warps, num_stages) bypasses autotuning; `path` "tma" | "pointer" picks the kernel (None: TMA where
+    `use_tma` says it runs). Inputs are assumed validated, with unit stride on D."""
     b, h, n_q, d = q.shape
     n_kv = k.shape[2]
     q_bs, kv_bs = block_mask.BLOCK_SIZE
@@ -306,12 +325,36 @@ def _launch(
         UPCAST_DOT=INTERPRETED and q.dtype == torch.bfloat16,
     )  # fmt: skip
 
+    if path not in (None, "tma", "pointer"):
+        raise ValueError(f"path = {path!r}; allowed: None, 'tma', 'pointer'")
+    if path == "tma" and not tma_eligible(q, k, v, out):
+        raise ValueError(f"path 'tma' cannot run q {tuple(q.shape)} {q.dtype} with strides {q.stride()}: it needs "
+                         "fp16/bf16, a power-of-two head size 16–256 and 16-byte aligned tensors")  # fmt: skip
+    refusal = (q.dtype, d, q_bs, kv_bs)
+    if path == "tma" or (path is None and refusal not in TMA_REFUSED and use_tma(q, k, v, out)):
+        if config is not None and (q_bs % config["BLOCK_M"] or kv_bs % config["BLOCK_N"]):
+            raise ValueError(f"config tiles ({config['BLOCK_M']}, {config['BLOCK_N']}) must divide the BlockMask "
+                             f"blocks ({q_bs}, {kv_bs})")  # fmt: skip
+        try:
+            launch_tma(args, q, k, v, out, config)
+            return
+        except Exception as e:  # noqa: BLE001 — e.g. a Triton build that cannot lower it: the pointer kernel runs
+            if path == "tma":
+                raise
+            TMA_REFUSED.add(refusal)
+            warnings.warn(f"the TMA kernel failed for {refusal} ({type(e).__name__}: {str(e)[:200]}); the pointer "
+                          "kernel runs these inputs from now on", stacklevel=3)  # fmt: skip
+
     def grid(meta: dict) -> tuple[int, int]:
         return triton.cdiv(n_q, meta["BLOCK_M"]), b * h
 
     if config is None:
-        _block_sparse_fwd_tuned[grid](**args)
-        return
+        key = tuned_key(args)
+        config = TUNED.get(key)
+        if config is None:
+            _block_sparse_fwd_tuned[grid](**args)
+            remember_tuned(key, _block_sparse_fwd_tuned)
+            return
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     if q_bs % block_m or kv_bs % block_n:
         raise ValueError(f"config tiles ({block_m}, {block_n}) must divide the BlockMask blocks ({q_bs}, {kv_bs})")
@@ -319,6 +362,19 @@ def _launch(
         **args, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=config.get("num_warps", 4),
         num_stages=config.get("num_stages", 2),
     )  # fmt: skip
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether the TMA kernel runs by default: compiled (not interpreted) on a GPU of compute capability ≥ 9 (Hopper),
+    with inputs it takes (`block_sparse_fwd_tma.tma_eligible`)."""
+    return (
+        not INTERPRETED and q.is_cuda and _capability(q.device.index or 0)[0] >= 9 and tma_eligible(q, k, v, out)
+    )
 
 
 def block_sparse_attention_triton(
