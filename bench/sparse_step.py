@@ -3,9 +3,10 @@
     python bench/sparse_step.py -o bench/results            # on a CUDA GPU; ~3 minutes on an H200
 
 Same run, same inputs: the stock transformer forward; sparse attention enabled at density 1.0 (pure overhead); a
-refresh step (dense attention + Re-ttention statistics capture); sparse steps at density 0.05 on the FlexAttention
-path for the cached (SparseD), window and dynamic patterns; plus the attention call alone. Before timing, the GPU
-paths are checked against the PyTorch reference on fresh random inputs. Writes sparse-step-<gpu>.json and .md.
+refresh step (dense attention + Re-ttention statistics capture); sparse steps at density 0.05 on the engine's path
+(our Triton kernel on Hopper from 16,384 keys, else FlexAttention) for the cached (SparseD), window and dynamic
+patterns; plus the attention call alone. Before timing, the GPU paths are checked against the PyTorch reference on
+fresh random inputs. Writes sparse-step-<gpu>.json and .md.
 """
 
 from __future__ import annotations

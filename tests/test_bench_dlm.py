@@ -147,6 +147,11 @@ def test_triton_route_swaps_the_engines_kernel_and_restores_it():
     assert ta.block_sparse_attention_reference is reference.block_sparse_attention_reference
     with dlm.route_sparse_attention() as calls:
         assert calls.kernel is block_sparse.block_sparse_attention  # default: the engine's own function
+    # the two sparse modes: FlexAttention alone (the engine's call takes our kernel on Hopper at long contexts)
+    with dlm._kernel_route("sparsed-flex") as calls:
+        assert calls.kernel is block_sparse.block_sparse_attention_flex
+    with dlm._kernel_route("sparsed-triton") as calls:
+        assert calls.kernel is block_sparse_attention_triton
 
 
 def test_step_driver_runs_each_kind_and_the_sparse_path_gets_no_mask(tiny):

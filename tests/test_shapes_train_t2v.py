@@ -261,3 +261,25 @@ def test_caption_label_head_loss_is_the_mean_field_cross_entropy():
     torch.testing.assert_close(loss, (ce_color + ce_shape) / len(FIELDS))  # unused fields add 0, not NaN
     loss.backward()
     assert hidden.grad[0, :3].abs().sum() > 0 and hidden.grad[0, 3:].abs().sum() == 0  # only labelled tokens
+
+
+def test_train_shift_maps_sigmas_as_the_pipelines_scheduler_shifts_them():
+    """`--train-shift s` puts training σ where the sampler at shift s puts its steps (SD3's time shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from train_t2v import shift_sigmas
+
+    from unbottle.shapes.pretrained import T2V_DIR
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(T2V_DIR, subfolder="scheduler")
+    shift = scheduler.config.shift
+    plain = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=1.0)
+    assert shift == 3.0  # what the shipped model was trained for (train_t2v.py's default)
+    torch.testing.assert_close(shift_sigmas(plain.sigmas, shift), scheduler.sigmas)  # the scheduler's own σ table
+    sigma = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(shift_sigmas(sigma, 1.0), sigma)
+    shifted = shift_sigmas(sigma, 3.0)
+    assert bool((shifted >= sigma).all())
+    assert float((shifted > 0.8).float().mean()) > 2 * float((sigma > 0.8).float().mean())
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", "unused", "--train-shift", "0"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "--train-shift 0.0: allowed 0.1 ≤ shift ≤ 20" in done.stderr

@@ -34,6 +34,18 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMa
     return out, lse
 
 
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> tuple:
+    """Raise ValueError naming the mismatch; the (head dim, value dim, dtype, block sizes) key of the inputs."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape[:-1] + (k.shape[-1],) or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q, k, v shapes do not match: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    seq_q, seq_k = block_mask.seq_lengths
+    if (seq_q, seq_k) != (q.shape[2], k.shape[2]):
+        raise ValueError(f"block_mask covers {(seq_q, seq_k)} tokens but q, k have {(q.shape[2], k.shape[2])}")
+    return (q.shape[-1], v.shape[-1], q.dtype, block_mask.BLOCK_SIZE)
+
+
 def block_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None,
     return_lse: bool = True,
@@ -42,29 +54,31 @@ def block_sparse_attention(
 
     Returns the output and, with `return_lse`, the natural-log log-sum-exp of each row's kept scores (B, H, Nq).
     """
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape != v.shape[:-1] + (k.shape[-1],) or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q, k, v shapes do not match: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    seq_q, seq_k = block_mask.seq_lengths
-    if (seq_q, seq_k) != (q.shape[2], k.shape[2]):
-        raise ValueError(f"block_mask covers {(seq_q, seq_k)} tokens but q, k have {(q.shape[2], k.shape[2])}")
-    key = (q.shape[-1], v.shape[-1], q.dtype, block_mask.BLOCK_SIZE)
-    out = None
-    if q.is_cuda and k.shape[2] >= TRITON_MIN_KEYS and v.shape[-1] == q.shape[-1]:
+    key = _check(q, k, v, block_mask)
+    if q.is_cuda and k.shape[2] >= TRITON_MIN_KEYS and v.shape[-1] == q.shape[-1] and key not in _triton_refused:
         from .kernels.block_sparse_fwd import block_sparse_attention_triton, use_tma
 
-        if key not in _triton_refused and use_tma(q, k, v, q):  # the output takes q's layout
+        if use_tma(q, k, v, q):  # the output takes q's layout
             try:
                 out, lse = block_sparse_attention_triton(q, k, v, block_mask, scale=scale)
+                return (out, lse) if return_lse else out
             except ValueError:  # what the kernel refuses (e.g. partial tiles under a real mask_mod): FlexAttention
-                out = None
+                pass
             except Exception as e:  # noqa: BLE001 — a kernel that fails to build here: FlexAttention from now on
                 _triton_refused.add(key)
                 warnings.warn(f"the Triton kernel failed on head size {q.shape[-1]}, {q.dtype} ({type(e).__name__}: "
                               f"{str(e)[:200]}); FlexAttention runs this shape from now on", stacklevel=2)  # fmt: skip
-                out = None
-    if out is None and q.is_cuda and key not in _flex_refused:
+    return block_sparse_attention_flex(q, k, v, block_mask, scale, return_lse)
+
+
+def block_sparse_attention_flex(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None,
+    return_lse: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`block_sparse_attention` without our Triton kernel: compiled FlexAttention on CUDA, else the reference."""
+    key = _check(q, k, v, block_mask)
+    out = None
+    if q.is_cuda and key not in _flex_refused:
         try:
             out, lse = _flex(q, k, v, block_mask, scale)
         except Exception as e:  # noqa: BLE001 — compilation can fail many ways (e.g. head sizes FlexAttention lacks)

@@ -21,7 +21,7 @@ Modes:
 - `dense-cudnn`, `dense-flash`: the stock model under `sdpa_kernel(CUDNN_ATTENTION)` / `sdpa_kernel(FLASH_ATTENTION)`.
 - `sparsed-flex`: SparseD (Wang et al., 2025) on the engine's own path, `unbottle.enable_sparse_attention(model,
   SparseAttentionConfig(density=d, pattern="cached", reshape=False, block_size=128, full_steps=0.2))`: dense steps
-  call the original sdpa, sparse steps `block_sparse_attention` (compiled FlexAttention on CUDA) over per-head block
+  call the original sdpa, sparse steps compiled FlexAttention (`block_sparse_attention_flex`) over per-head block
   patterns computed once per generation at the first sparse step (the pattern step) and reused.
 - `sparsed-triton`: the same, with the engine's block-sparse call routed to `block_sparse_attention_triton`
   (`route_sparse_attention`).
@@ -334,7 +334,13 @@ def triton_sparse_attention() -> contextlib.AbstractContextManager[SparseCalls]:
 
 
 def _kernel_route(mode: str) -> contextlib.AbstractContextManager[SparseCalls]:
-    return triton_sparse_attention() if MODES[mode][2] == "triton" else route_sparse_attention()
+    """Our Triton kernel for `sparsed-triton`; compiled FlexAttention alone for `sparsed-flex` (the engine's own call
+    would take our kernel from `TRITON_MIN_KEYS` keys on Hopper)."""
+    if MODES[mode][2] == "triton":
+        return triton_sparse_attention()
+    from ..attention_processors.block_sparse import block_sparse_attention_flex
+
+    return route_sparse_attention(block_sparse_attention_flex)
 
 
 def _sdpa(backend: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -15,20 +15,20 @@ called: each generation gets precomputed random `prompt_embeds` of the real shap
 1×768; Wan: UMT5 1×512×4096 for the prompt and the negative prompt), as `BottleneckSampler` itself passes them, so
 the times leave out T5-XXL/UMT5 encoding (the same for stock and bottleneck).
 
-Generation is the stock pipeline call (Flux-dev 1024², 50 steps, guidance 3.5 as a guidance embedding: one
-transformer pass per step; Wan 81 frames 480×832, 50 steps, guidance 5.0: two passes per step, conditional and
-unconditional) against `BottleneckSampler.from_preset` (flux-3x; wan-3x, wan-2x) and wan-3x with
-`enable_sparse_attention(pipe, SparseAttentionConfig(density=0.05))` (the engine's defaults otherwise), bf16, batch
-1. "Denoise" is the wall time of the call with `output_type="latent"` (every transformer pass, the scheduler, the
-sampler's latent resizing and re-noising), the median of the repeats after one untimed warm-up; the warm-up runs
-each stage for a few steps at the real sizes (nothing is compiled there), except with sparse attention, where it is a
-whole generation (FlexAttention compiles for each stage resolution and the cached SparseD patterns are computed;
-they are reused by the timed runs, as the engine reuses them across generations). "With decode" adds the real-size
-VAE decode and post-processing of the final latents (the pipeline's own decode path: PIL for Flux, numpy for Wan),
-timed separately once per model (median of the repeats after a warm-up) on the stock run's latents, since every
-variant decodes the same final size. Speed-ups are stock time / variant time, both from this run. A case that fails
-(out of memory, an error) leaves an error string in its rows and the run goes on; e2e-<gpu>.json and .md are
-rewritten after every row, so a run cut short keeps what it measured.
+Generation is the stock pipeline call (Flux-dev 1024², 50 steps, guidance 3.5 as a guidance embedding: one transformer
+pass per step; Wan 81 frames 480×832, 50 steps, guidance 5.0: two passes per step, conditional and unconditional)
+against `BottleneckSampler.from_preset` (flux-3x; wan-3x, wan-2x) and wan-3x with `enable_sparse_attention(pipe,
+SparseAttentionConfig(density=0.05))` (the engine's defaults otherwise), bf16, batch 1. "Denoise" is the wall time of
+the call with `output_type="latent"` (every transformer pass, the scheduler, the sampler's latent resizing and
+re-noising), the median of the repeats after one untimed warm-up; the warm-up runs each stage for a few steps at the
+real sizes (nothing is compiled there), except with sparse attention, where it is a whole generation (FlexAttention,
+where it runs, compiles for each stage resolution and the cached SparseD patterns are computed; they are reused by the
+timed runs, as the engine reuses them across generations). "With decode" adds the real-size VAE decode and
+post-processing of the final latents (the pipeline's own decode path: PIL for Flux, numpy for Wan), timed separately
+once per model (median of the repeats after a warm-up) on the stock run's latents, since every variant decodes the same
+final size. Speed-ups are stock time / variant time, both from this run. A case that fails (out of memory, an error)
+leaves an error string in its rows and the run goes on; e2e-<gpu>.json and .md are rewritten after every row, so a run
+cut short keeps what it measured.
 """
 
 from __future__ import annotations
