@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import math
 import os
 import platform
@@ -390,17 +389,6 @@ def write_plot(results: dict, path: Path, log: Callable[[str], None] | None = No
     return path
 
 
-def _jsonable(value: object) -> object:
-    """Non-finite floats as strings (JSON has no NaN), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def gpu_tag(name: str) -> str:
     """A file-name tag from a device name: 'NVIDIA H200' → 'h200', 'NVIDIA H100 80GB HBM3' → 'h100-80gb-hbm3'."""
     tag = re.sub(r"^nvidia\s+", "", name.strip().lower())
@@ -411,9 +399,7 @@ def write_outputs(results: dict, out_dir: Path, plot: bool = False, log: Callabl
     """Write attention-<gpu>.json and .md (and the .png plot when `plot`); return {kind: path}."""
     out_dir = Path(out_dir)
     stem = f"attention-{results.get('gpu_tag') or gpu_tag(results.get('gpu', 'gpu'))}"
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(_jsonable(results), indent=2) + "\n")
-    paths["md"].write_text(markdown_report(results))
+    paths = script.write_json_and_markdown(results, out_dir, stem, markdown_report(results))
     if plot:
         png = write_plot(results, out_dir / f"{stem}.png", log=log)
         if png is not None:

@@ -76,7 +76,6 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import json
 import math
 import platform
 import statistics
@@ -90,7 +89,7 @@ from typing import Any
 import torch
 
 from . import script
-from .attention import _error_text, _free, _git_commit, _jsonable, _log, gpu_tag, parse_densities
+from .attention import _error_text, _free, _git_commit, _log, gpu_tag, parse_densities
 from .script import parse_names, share_quick_and_seed
 
 NO_CUDA_MESSAGE = "the diffusion-LM benchmark needs a CUDA GPU; torch sees none here"
@@ -734,12 +733,7 @@ def output_stem(results: dict) -> str:
 
 def write_outputs(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write dlm-<gpu>.json and .md (SparseD on LLaDA-8B shapes, issue #9); return {kind: path}."""
-    out_dir = Path(out_dir)
-    stem = output_stem(results)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(_jsonable(results), indent=2) + "\n")
-    paths["md"].write_text(markdown_report(results))
-    return paths
+    return script.write_json_and_markdown(results, out_dir, output_stem(results), markdown_report(results))
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import json
 import platform
 import statistics
 import sys
@@ -49,7 +48,7 @@ from pathlib import Path
 import torch
 
 from . import script
-from .attention import _error_text, _free, _git_commit, _jsonable, _log, _sync, gpu_tag
+from .attention import _error_text, _free, _git_commit, _log, _sync, gpu_tag
 from .script import parse_names, share_quick_and_seed
 
 NO_CUDA_MESSAGE = "the end-to-end benchmark needs a CUDA GPU; torch sees none here"
@@ -540,12 +539,7 @@ def output_stem(results: dict) -> str:
 
 def write_outputs(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write e2e-<gpu>.json and .md; return {kind: path}."""
-    out_dir = Path(out_dir)
-    stem = output_stem(results)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(_jsonable(results), indent=2) + "\n")
-    paths["md"].write_text(markdown_report(results))
-    return paths
+    return script.write_json_and_markdown(results, out_dir, output_stem(results), markdown_report(results))
 
 
 # ---- running ------------------------------------------------------------------------------------------------------

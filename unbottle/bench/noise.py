@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from . import script
-from .attention import _error_text, _free, _git_commit, _jsonable, _log, gpu_tag
+from .attention import _error_text, _free, _git_commit, _log, gpu_tag
 from .e2e import _peak_reset, _timed, cast_like_from_pretrained
 from .script import parse_names, share_quick_and_seed
 
@@ -477,12 +477,7 @@ def output_stem(results: dict) -> str:
 
 def write_outputs(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write noise-<gpu>.json and .md (CARINOX / ReNO noise search); return {kind: path}."""
-    out_dir = Path(out_dir)
-    stem = output_stem(results)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(_jsonable(results), indent=2) + "\n")
-    paths["md"].write_text(markdown_report(results))
-    return paths
+    return script.write_json_and_markdown(results, out_dir, output_stem(results), markdown_report(results))
 
 
 # ---- running ------------------------------------------------------------------------------------------------------

@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+
+def jsonable(value: object) -> object:
+    """Non-finite floats as strings (JSON has no NaN), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def write_json_and_markdown(results: dict, out_dir: str | Path, stem: str, markdown: str) -> dict[str, Path]:
+    """`stem`.json (non-finite floats as strings) and `stem`.md in `out_dir`; returns {"json": path, "md": path}."""
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(jsonable(results), indent=2) + "\n")
+    paths["md"].write_text(markdown)
+    return paths
 
 
 def writable_output(args: argparse.Namespace, no_cuda_message: str) -> Path:
