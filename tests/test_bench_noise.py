@@ -17,6 +17,7 @@ import torch
 from unbottle.bench import noise
 from unbottle.cli import PENDING_VERBS, build_parser, main
 from unbottle.cli.errors import UsageError
+from unbottle.pipelines import noise_search
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = noise.Models(
@@ -43,7 +44,7 @@ TINY = noise.Models(
 )  # fmt: skip
 TINY_OPTIONS = dict(size=32, iterations=2, warmup=1, plain_repeats=1)
 ROW_KEYS = {
-    "variant", "gradient_checkpointing", "batched_vjp", "size", "warmup_iterations", "iterations",
+    "variant", "gradient_checkpointing", "batched_vjp", "compile", "size", "warmup_iterations", "iterations",
     "timed_iterations", "warmup_s", "times_s", "s_per_it", "it_per_s", "vs_plain", "peak_gib", "peak_gb",
     "reserved_gib", "weights_gib", "search_s", "loss_finite", "meets_time", "meets_memory", "stopped", "error",
 }  # fmt: skip
@@ -85,12 +86,14 @@ def test_real_size_models_have_the_published_shapes():
 # ---- dry runs on tiny models --------------------------------------------------------------------------------------
 
 
-def test_dry_run_on_tiny_models_fills_every_row(tmp_path):
+def test_dry_run_on_tiny_models_fills_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(noise_search, "COMPILE_OPTIONS", {"backend": "aot_eager"})  # inductor's CPU build: minutes
     results = _run(tmp_path)
     rows = results["rows"]
-    assert [r["variant"] for r in rows] == list(noise.DEFAULT_VARIANTS) == ["autograd", "checkpointing", "batched-vjp"]
-    assert [(r["gradient_checkpointing"], r["batched_vjp"]) for r in rows] == [(False, False), (True, False),
-                                                                               (False, True)]  # fmt: skip
+    assert [r["variant"] for r in rows] == list(noise.DEFAULT_VARIANTS)
+    assert noise.DEFAULT_VARIANTS == ("autograd", "checkpointing", "batched-vjp", "compiled")
+    assert [(r["gradient_checkpointing"], r["batched_vjp"], r["compile"]) for r in rows] == [
+        (False, False, False), (True, False, False), (False, True, False), (False, False, True)]  # fmt: skip
     plain = results["plain"]
     assert plain["error"] is None and plain["s"] > 0 and len(plain["times_s"]) == 1
     for r in rows:
@@ -106,12 +109,13 @@ def test_dry_run_on_tiny_models_fills_every_row(tmp_path):
     stem = noise.output_stem(results)
     assert stem.startswith("noise-cpu") and stem.endswith("-32")  # the size is not the default 512
     data = json.loads((tmp_path / f"{stem}.json").read_text())
-    assert data["command"] == "dry run" and len(data["rows"]) == 3 and data["wall_s"] is not None
+    assert data["command"] == "dry run" and len(data["rows"]) == 4 and data["wall_s"] is not None
     assert data["reward_weights"] == {"hps": 5.0, "clip": 1.0} and data["targets"] == {"s_per_it": 0.25, "peak_gb": 12}
     md = (tmp_path / f"{stem}.md").read_text()
     assert "`dry run`" in md and "plain generation (no grad):" in md
     for r in rows:
         assert f"| {r['variant']} | {'on' if r['gradient_checkpointing'] else 'off'} |" in md
+        assert f"| {'on' if r['compile'] else 'off'} | {r['s_per_it']:.3f} |" in md
         assert f"| {r['s_per_it']:.3f} |" in md
     assert "ReNO" in md and "0.4 s/it" in md and "≤ 0.25 s/it" in md
     assert "custom configs (not real-size)" in md and "- real-size:" not in md  # tiny configs are not called real
@@ -159,7 +163,7 @@ def test_markdown_of_a_gpu_like_result(tmp_path):
     paths = noise.write_outputs(results, tmp_path)
     assert paths["json"].name == "noise-h200.json" and paths["md"].name == "noise-h200.md"
     md = paths["md"].read_text()
-    assert "| autograd | off | off | 0.200 | 5.00 | 4.0× | 11.50 | 10.71 |" in md and "| 5/5 |" in md
+    assert "| autograd | off | off | off | 0.200 | 5.00 | 4.0× | 11.50 | 10.71 |" in md and "| 5/5 |" in md
     assert md.count("| ✓ | ✓ |") == 1 and md.count("| ✗ | ✗ |") == 1
     assert "SD-Turbo-shaped, real-size" in md and "python bench/noise_search.py -o x" in md
     assert "- real-size: everything that runs per iteration" in md and "- not real-size: the prompt tokenizer" in md

@@ -24,7 +24,10 @@ generator + VAE with one vector-Jacobian product per reward, `torch.autograd.gra
 generator's graph (`retain_graph`) for all but the last; the regularizer's gradient is added analytically in float32.
 This is CARINOX's "one backward per reward" with neither the generator forward nor the rewards repeated.
 `batched_vjp=True` does all pullbacks in one `torch.autograd.grad(..., is_grads_batched=True)` (vmap over the
-backward): same numbers, more memory, sometimes faster on GPUs.
+backward): same numbers, more memory, sometimes faster on GPUs. A step's scores, norms and clipping stay on the
+device and reach the host in one transfer at its end, so the GPU never waits on Python between the passes; with
+`compile=True` the denoiser and the VAE decoder run through `torch.compile` for the search (a one-step generator's
+iteration is otherwise thousands of small kernel launches; the first iterations pay for the compilation).
 
 Differentiable generation through the pipeline's own code: diffusers wraps `DiffusionPipeline.__call__` in
 `@torch.no_grad()`, whose decorator keeps the original function as `type(pipe).__call__.__wrapped__`. Calling it
@@ -89,6 +92,7 @@ class NoiseSearchConfig:
     reg_weight: float = 0.01  # γ of the χ-norm regularizer, ≥ 0 (0: off)
     gradient_checkpointing: bool = False  # recompute the denoiser's / VAE's activations in the backward pass
     batched_vjp: bool = False  # all rewards' pullbacks in one vmapped backward (is_grads_batched)
+    compile: bool = False  # torch.compile the denoiser(s) and the VAE decoder for the search (restored after)
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -130,7 +134,7 @@ class NoiseSearchConfig:
             raise NoiseSearchConfigError(
                 "reg_weight", f"NoiseSearchConfig.reg_weight must be a finite number ≥ 0, got {self.reg_weight!r}"
             )
-        for name in ("nesterov", "gradient_checkpointing", "batched_vjp"):
+        for name in ("nesterov", "gradient_checkpointing", "batched_vjp", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise NoiseSearchConfigError(
                     name, f"NoiseSearchConfig.{name} must be True or False, got {getattr(self, name)!r}"
@@ -172,11 +176,13 @@ class NoiseSearchResult:
     history: dict[int, list[SearchStep]]  # per seed, per iteration
 
 
-def _clip(grad: torch.Tensor, max_norm: float) -> tuple[torch.Tensor, float]:
-    """`torch.nn.utils.clip_grad_norm_` on one tensor: (grad scaled to norm ≤ max_norm, its norm before)."""
-    norm = float(grad.norm())
+def _clip(grad: torch.Tensor, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.nn.utils.clip_grad_norm_` on one tensor: (grad scaled to norm ≤ max_norm, its norm before, a 0-d tensor).
+
+    All on the device: no host synchronization, so a gradient step's kernels queue up without waiting on the GPU."""
+    norm = grad.norm()
     if math.isfinite(max_norm):
-        grad = grad * min(1.0, max_norm / (norm + 1e-6))
+        grad = grad * (max_norm / (norm + 1e-6)).clamp(max=1.0)
     return grad, norm
 
 
@@ -241,6 +247,32 @@ def _checkpointing(pipe: Any, enabled: bool) -> Iterator[None]:
     finally:
         for model in switched:
             model.disable_gradient_checkpointing()
+
+
+COMPILE_OPTIONS: dict[str, Any] = {}  # torch.compile keywords for `compile=True` (tests: {"backend": "aot_eager"})
+COMPILED_MODULES = ("unet", "transformer", "transformer_2")  # denoisers; plus the VAE's decoder
+
+
+@contextlib.contextmanager
+def _compiled(pipe: Any, enabled: bool) -> Iterator[None]:
+    """The denoiser(s) and the VAE decoder through `torch.compile` for the search only, then exactly as before.
+
+    A one-step generator's gradient step is thousands of small kernels (UNet, VAE decoder, and their two backward
+    passes): compiled, they fuse and launch from generated code, and the backward is compiled with them (AOTAutograd).
+    `nn.Module.compile` sets the module's `_compiled_call_impl`; it is put back as it was afterwards.
+    """
+    modules = []
+    if enabled:
+        modules = [getattr(pipe, name, None) for name in COMPILED_MODULES]
+        modules.append(getattr(getattr(pipe, "vae", None), "decoder", None))
+        modules = [m for m in modules if isinstance(m, torch.nn.Module) and m._compiled_call_impl is None]
+        for module in modules:
+            module.compile(**COMPILE_OPTIONS)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._compiled_call_impl = None
 
 
 @contextlib.contextmanager
@@ -313,12 +345,13 @@ class NoiseSearch:
         reg_weight: float = 0.01,
         gradient_checkpointing: bool = False,
         batched_vjp: bool = False,
+        compile: bool = False,
         progress: bool = True,
     ) -> None:
         self.config = NoiseSearchConfig(
             seeds=tuple(seeds) if isinstance(seeds, (list, range)) else seeds, iterations=iterations, lr=lr,
             momentum=momentum, nesterov=nesterov, grad_clip=grad_clip, reg_weight=reg_weight,
-            gradient_checkpointing=gradient_checkpointing, batched_vjp=batched_vjp,
+            gradient_checkpointing=gradient_checkpointing, batched_vjp=batched_vjp, compile=compile,
         )  # fmt: skip
         self.pipe, self.progress = pipe, bool(progress)
         self.family: NoiseFamily | None = noise_family(pipe)
@@ -443,7 +476,8 @@ class NoiseSearch:
         history: dict[int, list[SearchStep]] = {}
         best: tuple[SearchStep, int, torch.Tensor, torch.Tensor] | None = None  # step, seed, latents, rng state
         total = len(cfg.seeds) * cfg.iterations
-        with _frozen(pipe), _checkpointing(pipe, cfg.gradient_checkpointing), _quiet(pipe, self.progress), \
+        with _frozen(pipe), _checkpointing(pipe, cfg.gradient_checkpointing), _compiled(pipe, cfg.compile), \
+                _quiet(pipe, self.progress), \
                 self._bar(total, f"{len(cfg.seeds)} seeds × {cfg.iterations} iterations") as bar:  # fmt: skip
             for seed in cfg.seeds:
                 noise, state = self.family.draw(pipe, kwargs, seed, dtype)
@@ -499,11 +533,14 @@ class NoiseSearch:
 
     def _gradient_step(self, iteration: int, prompt: str, call: dict, param: torch.Tensor, dtype: torch.dtype,
                        state: torch.Tensor) -> tuple[SearchStep, torch.Tensor]:  # fmt: skip
-        """ε's evaluation and CARINOX's update direction Clip_τ(Σ_i Clip_τ(∇_ε [λ_i(1 − r~_i) + reg(ε)]))."""
+        """ε's evaluation and CARINOX's update direction Clip_τ(Σ_i Clip_τ(∇_ε [λ_i(1 − r~_i) + reg(ε)])).
+
+        Scores, norms and clipping stay on the device until the update is computed; the step's numbers reach the host
+        in one transfer at the end (a host sync per reward would stall the GPU between the generator's passes)."""
         cfg, names = self.config, list(self.rewards)
         pixels = self._generate(call, param.to(dtype), state)  # (N, 3, H, W), its graph back to ε kept
         image = pixels.detach().float().requires_grad_(True)  # the rewards' graphs end here
-        image_grads, raw, units = [], {}, {}
+        image_grads, raw, units = [], [], []
         for name in names:
             reward, weight = self.rewards[name]
             with torch.enable_grad():
@@ -514,19 +551,25 @@ class NoiseSearch:
                     raise RuntimeError(f"reward {name!r} is not differentiable w.r.t. the pixels")
                 (grad,) = torch.autograd.grad(loss, image)  # ∂loss_i/∂I: (N, 3, H, W)
             image_grads.append(grad.to(pixels.dtype))
-            raw[name], units[name] = float(scores.detach().mean()), float(r.detach().mean())
+            raw.append(scores.detach().mean())
+            units.append(r.detach().mean())
         with torch.enable_grad():  # the χ-norm regularizer in float32, on ε itself
             eps = param.detach().requires_grad_(True)
             reg = chi_regularizer(eps, cfg.reg_weight).sum()
             (reg_grad,) = torch.autograd.grad(reg, eps)  # ε.shape
         pullbacks = self._pullbacks(pixels, param, image_grads)  # per reward ∂(λ_i(1 − r~_i))/∂ε: ε.shape
-        clipped, norms = [], {}
-        for name, pullback in zip(names, pullbacks, strict=True):
-            grad, norms[name] = _clip(pullback.float() + reg_grad, cfg.grad_clip)  # ∇_ε loss_i, clipped to τ
+        clipped, norms = [], []
+        for pullback in pullbacks:
+            grad, norm = _clip(pullback.float() + reg_grad, cfg.grad_clip)  # ∇_ε loss_i, clipped to τ
             clipped.append(grad)
+            norms.append(norm)
         update, _ = _clip(torch.stack(clipped).sum(0), cfg.grad_clip)  # Σ_i clip(g_i), clipped to τ again
-        step = self._step(iteration, raw, units, reg=float(reg.detach()), grad_norms=norms,
-                          update_norm=float(update.norm()))  # fmt: skip
+        r = len(names)
+        scalars = [*raw, *units, *norms, reg.detach(), update.norm()]  # rewards may live on another device
+        numbers = torch.stack([t.to(update.device, torch.float64) for t in scalars]).tolist()  # the one host sync
+        raw_d, units_d, norms_d = (dict(zip(names, numbers[i * r : (i + 1) * r], strict=True)) for i in range(3))
+        step = self._step(iteration, raw_d, units_d, reg=numbers[3 * r], grad_norms=norms_d,
+                          update_norm=numbers[3 * r + 1])  # fmt: skip
         return step, update
 
     def _pullbacks(self, pixels: torch.Tensor, param: torch.Tensor, grads: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .openclip import OpenClipModel, build_open_clip, open_clip_weights, quick_gelu_of
+from .patch_embedding import patch_embeddings_as_matmuls
 from .reward import Reward
 from .weights import WeightsFile, read_state_dict, resolve_file
 
@@ -59,6 +60,7 @@ class AestheticReward(Reward):
     def __init__(self, clip: OpenClipModel, head: AestheticHead) -> None:
         super().__init__()
         self.model = clip.model
+        patch_embeddings_as_matmuls(self.model)  # cheap pixel gradients (see patch_embedding.py)
         self.transform = clip.transform
         self.head = head
         self.freeze()

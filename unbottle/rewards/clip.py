@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .openclip import OpenClipModel, build_open_clip, open_clip_weights, quick_gelu_of
+from .patch_embedding import patch_embeddings_as_matmuls
 from .reward import EmbeddingReward
 
 MODEL_NAME = "ViT-H-14"
@@ -30,6 +31,7 @@ class OpenClipReward(EmbeddingReward):
     def __init__(self, clip: OpenClipModel) -> None:
         super().__init__(clip.transform)
         self.model = clip.model
+        patch_embeddings_as_matmuls(self.model)  # cheap pixel gradients (see patch_embedding.py)
         self.tokenizer = clip.tokenizer
         self.freeze()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .patch_embedding import patch_embeddings_as_matmuls
 from .preprocess import ImagePreprocess
 from .reward import Reward
 from .weights import WeightsFile, hub_download, is_hub_id, require, split_hub_id
@@ -74,6 +75,7 @@ class ImageRewardReward(Reward):
     ) -> None:
         super().__init__()
         self.model = model  # an ImageReward module: .blip (visual_encoder, text_encoder, tokenizer), .mlp, .mean, .std
+        patch_embeddings_as_matmuls(self.model)  # cheap pixel gradients (see patch_embedding.py)
         self.tokenizer = tokenizer if tokenizer is not None else model.blip.tokenizer
         self.transform = transform or ImagePreprocess(size=IMAGE_SIZE)
         self.max_length = max_length

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .patch_embedding import patch_embeddings_as_matmuls
 from .preprocess import ImagePreprocess
 from .reward import EmbeddingReward
 from .weights import HUB_PREFIX
@@ -69,6 +70,7 @@ class PickScoreReward(EmbeddingReward):
                  max_length: int = MAX_LENGTH) -> None:  # fmt: skip
         super().__init__(transform)
         self.model = model
+        patch_embeddings_as_matmuls(self.model)  # cheap pixel gradients (see patch_embedding.py)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.freeze()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .patch_embedding import patch_embeddings_as_matmuls
 from .reward import EmbeddingReward
 from .weights import WeightsFile, local_file
 
@@ -36,6 +37,7 @@ class ShapesClipReward(EmbeddingReward):
     ) -> None:
         super().__init__(transform)
         self.model = model
+        patch_embeddings_as_matmuls(self.model)  # cheap pixel gradients (see patch_embedding.py)
         self.tokenizer = tokenizer
         self.freeze()
 
