@@ -79,8 +79,25 @@ def test_quick_and_repeats_scale_the_cases():
 
 def _row(case, variant, denoise, error=None):
     row = e2e._new_row(e2e.CASES[case], variant, e2e.variant_stages(variant, e2e.CASES[case]))
-    row.update(denoise_s=denoise, times_s=[denoise] if denoise else [], error=error, transformer_calls=7)
+    row.update(denoise_s=denoise, times_s=[denoise] if denoise else [], error=error, transformer_calls=7,
+               transformer_s=denoise - 1.0 if denoise else None,
+               per_size={"16x21x60x104": {"calls": 7, "ms_per_call": 2000.0}} if denoise else None)  # fmt: skip
     return row
+
+
+def test_call_times_per_input_size():
+    """CallTimes: every forward counted and timed, grouped by the input's size per generation (stages of BS)."""
+    layer = torch.nn.Linear(4, 4)
+    with e2e.CallTimes(layer) as times:
+        for _ in range(2):  # two "generations": 3 calls at 5 tokens, 1 at 2 tokens each
+            for n in (5, 5, 5, 2):
+                layer(torch.randn(1, n, 4))
+    layer(torch.randn(1, 3, 4))  # outside the block: not counted
+    seconds, sizes = times.summary(generations=2)
+    assert len(times.calls) == 8 and sizes.keys() == {"5x4", "2x4"}
+    assert sizes["5x4"]["calls"] == 3 and sizes["2x4"]["calls"] == 1
+    assert seconds > 0 and all(v["ms_per_call"] >= 0 for v in sizes.values())
+    assert not layer._forward_hooks and not layer._forward_pre_hooks  # hooks removed
 
 
 def test_ratio_math():
@@ -113,7 +130,7 @@ def test_writers_on_a_synthetic_result(tmp_path):
     assert data["command"] == "python bench/e2e.py -o x" and data["diffusers"] and "git_commit" in data
     assert [r["variant"] for r in data["rows"]] == ["stock", "wan-3x", "wan-2x"]
     md = paths["md"].read_text()
-    assert "| wan-3x | 5+20+8 | 7 | 20.00 | 3.00× | 29.00 | 2.38× |" in md
+    assert "| wan-3x | 5+20+8 | 7 | 20.00 | 19.00 | 7 × 2000.0 (16x21x60x104) | 3.00× | 29.00 | 2.38× |" in md
     assert "OutOfMemoryError" in md and "| wan | wan-3x | with decode | 2.38× | ≥ 2.5× | ✗ |" in md
     assert "prompt_embeds" in md  # what is not real-size is said
     results["cases"], results["options"]["quick"] = ["wan-sparse"], True

@@ -313,8 +313,8 @@ def test_a_failing_tma_kernel_falls_back_to_the_pointer_kernel(monkeypatch):
     monkeypatch.setattr(module, "use_tma", lambda *args: True)
     monkeypatch.setattr(module, "launch_tma", failing_tma)
     monkeypatch.setattr(module, "TMA_REFUSED", set())
-    q = torch.empty(1, 2, 256, 64, dtype=torch.bfloat16)
     mask = engine_mask(generator(), 1, 2, 256, 256, 128, 0.5)
+    q = torch.empty(1, 2, 256, 64, dtype=torch.bfloat16, device=DEVICE)  # on the mask's device (the GPU if any)
     with pytest.warns(UserWarning, match="TMA kernel failed.*cannot lower"):
         module.block_sparse_attention_triton(q, q, q, mask)
     module.block_sparse_attention_triton(q, q, q, mask)

@@ -475,21 +475,29 @@ def fresh_compile_caches(enabled: bool) -> Iterator[str | None]:
 
 
 def _kernel_variants(kernel_module: object) -> int | None:
-    """Compiled variants of our Triton kernel in this process (its JIT cache), None where Triton hides them."""
-    fn = getattr(getattr(kernel_module, "_block_sparse_fwd_tuned", None), "fn", None)
-    caches = getattr(fn, "device_caches", None)
-    if caches is None:
-        return None
-    try:
-        return sum(len(entry[0]) for entry in caches.values())  # entry = (kernel_cache, …) in Triton 3.x
-    except (TypeError, IndexError):
-        return None
+    """Compiled variants of our Triton kernels in this process (the pointer and TMA kernels' JIT caches), None where
+    Triton hides them."""
+    from unbottle.attention_processors.kernels import block_sparse_fwd_tma
+
+    total = 0
+    kernels = ((kernel_module, "_block_sparse_fwd_tuned"), (block_sparse_fwd_tma, "_block_sparse_fwd_tma_tuned"))
+    for module, name in kernels:
+        fn = getattr(getattr(module, name, None), "fn", None)
+        caches = getattr(fn, "device_caches", None)
+        if caches is None:
+            return None
+        try:
+            total += sum(len(entry[0]) for entry in caches.values())  # entry = (kernel_cache, …) in Triton 3.x
+        except (TypeError, IndexError):
+            return None
+    return total
 
 
 def _tuned_config(kernel_module: object) -> str | None:
-    """The config our autotuner picked last (tiles, warps, stages); tuned once per (head size, block sizes)."""
-    config = getattr(getattr(kernel_module, "_block_sparse_fwd_tuned", None), "best_config", None)
-    return None if config is None else str(config)
+    """The configs our launcher keeps per autotuning key (kernel "tma" or "pointer", head size, block sizes, tail,
+    dtypes): tuned once each, then launched directly."""
+    tuned = getattr(kernel_module, "TUNED", None)
+    return None if not tuned else "; ".join(f"{key[0]} D={key[1]} tail={key[4]}: {cfg}" for key, cfg in tuned.items())
 
 
 def _dynamo_graphs() -> int | None:

@@ -26,7 +26,9 @@ where it runs, compiles for each stage resolution and the cached SparseD pattern
 timed runs, as the engine reuses them across generations). "With decode" adds the real-size VAE decode and
 post-processing of the final latents (the pipeline's own decode path: PIL for Flux, numpy for Wan), timed separately
 once per model (median of the repeats after a warm-up) on the stock run's latents, since every variant decodes the same
-final size. Speed-ups are stock time / variant time, both from this run. A case that fails (out of memory, an error)
+final size. Each row also gives the seconds spent inside transformer calls and, per input size (one per stage), the
+median time per call from CUDA events around each call (`CallTimes`): what a stage costs, and what lies between the
+calls. Speed-ups are stock time / variant time, both from this run. A case that fails (out of memory, an error)
 leaves an error string in its rows and the run goes on; e2e-<gpu>.json and .md are rewritten after every row, so a run
 cut short keeps what it measured.
 """
@@ -334,15 +336,55 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, objec
     return time.perf_counter() - start, out
 
 
-@contextlib.contextmanager
-def _count_calls(module: torch.nn.Module) -> object:
-    """Count forward calls of `module` (transformer passes) inside the block: yields a one-element list."""
-    count = [0]
-    hook = module.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
-    try:
-        yield count
-    finally:
-        hook.remove()
+class CallTimes:
+    """Every forward of a module inside the block: its input size and its time (CUDA events on a GPU, wall on a CPU).
+
+    The events span the GPU's work for the call, including any wait for the host to issue it (a call too small to
+    keep the GPU busy shows its host time). `summary` says where a generation's seconds went: inside transformer
+    calls, per input size (Bottleneck Sampling's stages), vs everything between them (scheduler, resampling, setup).
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.calls, self._open, self.handles = module, [], [], []
+
+    def __enter__(self) -> CallTimes:
+        self.handles = [self.module.register_forward_pre_hook(self._pre, with_kwargs=True),
+                        self.module.register_forward_hook(self._post)]  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _mark(self, device: torch.device) -> object:
+        if device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _pre(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        size = "x".join(map(str, hidden.shape[1:])) if isinstance(hidden, torch.Tensor) else "?"
+        device = hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu")
+        self._open.append((size, device, self._mark(device)))
+
+    def _post(self, module: torch.nn.Module, args: tuple, output: object) -> None:
+        size, device, start = self._open.pop()
+        self.calls.append((size, start, self._mark(device)))
+
+    def summary(self, generations: int) -> tuple[float, dict[str, dict]]:
+        """(transformer seconds per generation, {input size: {calls, ms_per_call (median)}} per generation)."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        per_size: dict[str, list[float]] = {}
+        for size, start, end in self.calls:
+            ms = start.elapsed_time(end) if hasattr(start, "elapsed_time") else (end - start) * 1e3
+            per_size.setdefault(size, []).append(ms)
+        total = sum(sum(v) for v in per_size.values()) / 1e3 / max(1, generations)
+        sizes = {size: {"calls": len(v) // max(1, generations), "ms_per_call": round(statistics.median(v), 2)}
+                 for size, v in per_size.items()}  # fmt: skip
+        return total, sizes
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -366,6 +408,7 @@ def _new_row(case: Case, variant: str, stages: list | None) -> dict:
         "transformer_calls": None, "repeats": case.repeats, "times_s": [], "denoise_s": None, "warmup_s": None,
         "warmup": None, "decode_s": None, "total_s": None, "speedup_denoise": None, "speedup_total": None,
         "peak_gib": None, "patterns_computed_timed": None, "stock_from": None, "error": None,
+        "transformer_s": None, "per_size": None,
     }  # fmt: skip
 
 
@@ -391,14 +434,15 @@ def measure_variant(pipe: object, case: Case, variant: str, options: E2EOptions,
         row["warmup_s"], out = _timed(lambda: _call(pipe, case, stages, cap, inputs, options.seed, device), device)
         del out
         before = sum(handle.pattern_computations.values()) if handle is not None else None
-        with _count_calls(pipe.transformer) as calls:
+        with CallTimes(pipe.transformer) as calls:
             for i in range(case.repeats):
                 seconds, out = _timed(lambda: _call(pipe, case, stages, None, inputs, options.seed, device), device)
                 row["times_s"].append(seconds)
                 latents = _latents(out)
                 del out
                 log(f"{case.name} {variant}: run {i + 1}/{case.repeats} {seconds:.2f} s")
-        row["transformer_calls"] = calls[0] // case.repeats
+        row["transformer_calls"] = len(calls.calls) // case.repeats
+        row["transformer_s"], row["per_size"] = calls.summary(case.repeats)
         row["denoise_s"] = statistics.median(row["times_s"])
         row["peak_gib"] = _peak_gib(device)
         if handle is not None:
@@ -494,17 +538,20 @@ def markdown_report(results: dict) -> str:
         lines += [
             f"## {name}: {r0['model']}, {size}, guidance {r0['guidance_scale']:g}",
             "",
-            "| variant | steps | transformer calls | denoise s | speed-up | with decode s | speed-up | warm-up s | "
-            "peak GiB | runs s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| variant | steps | transformer calls | denoise s | in transformer s | per call ms (input size) | "
+            "speed-up | with decode s | speed-up | warm-up s | peak GiB | runs s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             steps = "+".join(map(str, r["steps"])) if r["steps"] else "—"
             runs = ", ".join(f"{t:.2f}" for t in r["times_s"]) or "—"
             note = f" (measured in {r['stock_from']})" if r.get("stock_from") else ""
+            per_size = (r.get("per_size") or {}).items()
+            sizes = ", ".join(f"{v['calls']} × {v['ms_per_call']:.1f} ({k})" for k, v in per_size)
             lines.append(
                 f"| {r['variant']}{note} | {steps} | {r['transformer_calls'] if r['transformer_calls'] else '—'} | "
-                f"{_fmt(r['denoise_s'])} | {_fmt(r['speedup_denoise'], 2, '×')} | {_fmt(r['total_s'])} | "
+                f"{_fmt(r['denoise_s'])} | {_fmt(r.get('transformer_s'))} | {sizes or '—'} | "
+                f"{_fmt(r['speedup_denoise'], 2, '×')} | {_fmt(r['total_s'])} | "
                 f"{_fmt(r['speedup_total'], 2, '×')} | {_fmt(r['warmup_s'], 1)} | {_fmt(r['peak_gib'], 1)} | {runs} |"
             )
         dec = results.get("decode", {}).get(name)

@@ -30,12 +30,13 @@ SHARED_MEMORY_BUDGET = 227 * 1024  # bytes per block on H100/H200
 def _attend_kept_blocks_tma(
     acc, l_i, m_i, q, count, width, idx_ptr, stride_idx, desc_k, desc_v, off_b, off_h, n_kv, n_kv_blocks, qk_scale,
     HEAD_DIM: tl.constexpr, KV_BS: tl.constexpr, BLOCK_N: tl.constexpr, MASK_TAIL: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip
     """Online-softmax update of (acc, l_i, m_i) over the `count` key blocks listed at `idx_ptr`, tiles by TMA."""
     SUBS: tl.constexpr = KV_BS // BLOCK_N  # key tiles per BlockMask key block
     offs_sub = tl.arange(0, BLOCK_N)
     count = tl.minimum(count, width)  # as the reference: a count past the list's width reads only the list
-    for j in range(0, count * SUBS):
+    for j in tl.range(0, count * SUBS, warp_specialize=WARP_SPECIALIZE):
         kb = tl.load(idx_ptr + (j // SUBS) * stride_idx)
         kb = tl.minimum(tl.maximum(kb, 0), n_kv_blocks - 1)  # as the reference: never read outside the keys
         start = kb * KV_BS + (j % SUBS) * BLOCK_N
@@ -77,7 +78,7 @@ def _block_sparse_fwd_tma_kernel(
     num_heads, n_q, n_kv, n_kv_blocks, part_width, full_width, qk_scale,
     HEAD_DIM: tl.constexpr, Q_BS: tl.constexpr, KV_BS: tl.constexpr, HAS_PARTIAL: tl.constexpr,
     HAS_FULL: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, STORE_LSE: tl.constexpr, MASK_TAIL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WARP_SPECIALIZE: tl.constexpr = False,
 ):  # fmt: skip
     """One (query tile, batch·head) program: block-sparse attention rows, their output and natural-log LSE."""
     pid_m = tl.program_id(0)
@@ -95,14 +96,14 @@ def _block_sparse_fwd_tma_kernel(
                                    stride_pih, stride_piq, off_b, off_h, q_block)  # fmt: skip
         acc, l_i, m_i = _attend_kept_blocks_tma(
             acc, l_i, m_i, q, count, part_width, idx_ptr, stride_pik, desc_k, desc_v, off_b, off_h, n_kv,
-            n_kv_blocks, qk_scale, HEAD_DIM, KV_BS, BLOCK_N, MASK_TAIL,
+            n_kv_blocks, qk_scale, HEAD_DIM, KV_BS, BLOCK_N, MASK_TAIL, WARP_SPECIALIZE,
         )  # fmt: skip
     if HAS_FULL:
         count, idx_ptr = kept_list(full_count_ptr, full_idx_ptr, stride_fcb, stride_fch, stride_fcq, stride_fib,
                                    stride_fih, stride_fiq, off_b, off_h, q_block)  # fmt: skip
         acc, l_i, m_i = _attend_kept_blocks_tma(
             acc, l_i, m_i, q, count, full_width, idx_ptr, stride_fik, desc_k, desc_v, off_b, off_h, n_kv,
-            n_kv_blocks, qk_scale, HEAD_DIM, KV_BS, BLOCK_N, MASK_TAIL,
+            n_kv_blocks, qk_scale, HEAD_DIM, KV_BS, BLOCK_N, MASK_TAIL, WARP_SPECIALIZE,
         )  # fmt: skip
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
@@ -212,7 +213,8 @@ def launch_tma(args: dict, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ou
     tiles = {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"]}
     _set_block_shapes({**kernel_args, **tiles})
     _block_sparse_fwd_tma_kernel[grid](
-        **kernel_args, **tiles, num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 2)
+        **kernel_args, **tiles, WARP_SPECIALIZE=config.get("warp_specialize", False),
+        num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 2),
     )  # fmt: skip
 
 
