@@ -10,8 +10,8 @@ synchronize) and "done" the wall time until the GPU finishes: equal numbers mean
 - noise (#8): one CARINOX gradient step of the SD-Turbo-shaped pipeline with HPS- and CLIP-shaped ViT-H-14 rewards
   (`unbottle.bench.noise`): differentiable generation, rewards, the two pullbacks; then the same step with
   `cudnn.benchmark`, with channels-last UNet/VAE, and the generator run once at batch 2 (one copy per reward).
-- flux (#6): per transformer call of stock Flux-dev 1024² and of flux-3x (`unbottle.bench.e2e`): GPU time (CUDA
-  events) vs the wall time between calls, per stage; a profile of one 512² call.
+- flux (#6): stock Flux-dev 1024² and flux-3x (`unbottle.bench.e2e`): wall time and the time inside transformer calls
+  per input size (`e2e.CallTimes`, CUDA events); a profile of one 512² call.
 - dlm (#9): the LLaDA-8B-shaped model at `--context` (`unbottle.bench.dlm`): dense step, SparseD pattern step (fused
   tile importance) and cached sparse step on our kernel at density 0.1, with a profile of the cached step.
 """
@@ -146,51 +146,6 @@ def noise_section() -> None:
 
 
 # ---- flux (#6) -----------------------------------------------------------------------------------------------------
-class CallClock:
-    """CUDA events and wall times around every forward of a module."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.records: list[tuple[int, float, float, torch.cuda.Event, torch.cuda.Event]] = []
-        self._open: list = []
-        self.handles = [module.register_forward_pre_hook(self.pre, with_kwargs=True),
-                        module.register_forward_hook(self.post)]  # fmt: skip
-
-    def pre(self, module, args, kwargs) -> None:
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        start = torch.cuda.Event(enable_timing=True)
-        start.record()
-        self._open.append((int(hidden.shape[1]), time.perf_counter(), start))
-
-    def post(self, module, args, output) -> None:
-        tokens, t0, start = self._open.pop()
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        self.records.append((tokens, t0, time.perf_counter(), start, end))
-
-    def report(self, label: str, wall_s: float) -> None:
-        torch.cuda.synchronize()
-        by: dict[int, list] = {}
-        for i, (tokens, t0, t1, start, end) in enumerate(self.records):
-            nxt = self.records[i + 1][1] if i + 1 < len(self.records) else None
-            by.setdefault(tokens, []).append((start.elapsed_time(end), (t1 - t0) * 1e3,
-                                              None if nxt is None else (nxt - t0) * 1e3))  # fmt: skip
-        gpu_total = sum(e[0] for rows in by.values() for e in rows)
-        say(f"  {label}: wall {wall_s * 1e3:.0f} ms, {len(self.records)} transformer calls, GPU time in them "
-            f"{gpu_total:.0f} ms")  # fmt: skip
-        for tokens, rows in sorted(by.items()):
-            gpu = sorted(r[0] for r in rows)[len(rows) // 2]
-            issue = sorted(r[1] for r in rows)[len(rows) // 2]
-            gaps = sorted(r[2] for r in rows if r[2] is not None)
-            gap = gaps[len(gaps) // 2] if gaps else float("nan")
-            say(f"    {tokens:6d} image tokens: {len(rows):3d} calls, GPU {gpu:7.1f} ms/call (median), CPU issue "
-                f"{issue:7.1f} ms/call, call-to-call wall {gap:7.1f} ms")  # fmt: skip
-        self.records.clear()
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 def flux_section() -> None:
     from unbottle.bench import e2e
 
@@ -201,15 +156,13 @@ def flux_section() -> None:
     stages = e2e.variant_stages("flux-3x", case)
     e2e._call(pipe, case, None, 3, inputs, 0, device)
     e2e._call(pipe, case, stages, 2, inputs, 0, device)
-    clock = CallClock(pipe.transformer)
     say("flux: FLUX.1-dev-shaped, 1024², bf16")
     for label, st in (("stock 50 steps", None), ("flux-3x", stages)):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        e2e._call(pipe, case, st, None, inputs, 0, device)
-        torch.cuda.synchronize()
-        clock.report(label, time.perf_counter() - t0)
-    clock.remove()
+        with e2e.CallTimes(pipe.transformer) as calls:  # the e2e benchmark's own per-call clock
+            phase(label, lambda st=st: e2e._call(pipe, case, st, None, inputs, 0, device))
+        inside, sizes = calls.summary(1)
+        say(f"    inside transformer calls {inside * 1e3:.0f} ms: " + ", ".join(
+            f"{v['calls']} × {v['ms_per_call']:.1f} ms ({k})" for k, v in sizes.items()))  # fmt: skip
     tx = pipe.transformer
     low = {
         "hidden_states": torch.randn(1, 1024, tx.config.in_channels, device=device, dtype=tx.dtype),
