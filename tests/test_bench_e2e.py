@@ -12,7 +12,7 @@ import torch
 
 from unbottle.bench import e2e
 from unbottle.cli import PENDING_VERBS, main
-from unbottle.testing import tiny_flux_pipeline, tiny_wan_pipeline
+from unbottle.testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,14 @@ def test_wan_transformer_has_the_published_size():
     assert len(model.blocks) == 30 and model.config.num_attention_heads * model.config.attention_head_dim == 1536
 
 
+def test_sd3_medium_transformer_has_the_published_size():
+    with torch.device("meta"):
+        model = e2e.sd3_medium_transformer()
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 2.03e9) / 2.03e9 < 0.01  # "2B": the diffusers checkpoint of SD3-medium holds 2.028B
+    assert len(model.transformer_blocks) == 24 and model.inner_dim == 1536 and model.config.patch_size == 2
+
+
 @pytest.mark.parametrize("build, expected", [(e2e.flux_dev_vae, 83.8e6), (e2e.wan_vae, 126.9e6)])
 def test_vaes_have_the_published_size(build, expected):
     assert abs(_count(build) - expected) / expected < 0.01
@@ -60,6 +68,9 @@ def test_cases_are_the_issue_s_requests():
     assert wan.variants == ("stock", "wan-3x", "wan-2x") and sparse.variants == ("stock", "wan-3x+sparse")
     assert sparse.sparse["density"] == 0.05
     assert e2e.WAN_SCHEDULER["use_flow_sigmas"] and e2e.WAN_SCHEDULER["flow_shift"] == 3.0
+    sd3 = e2e.CASES["sd3"]  # SD3's pipeline defaults: 28 steps, guidance 7, CLIP 77 + T5 256 text tokens
+    assert (sd3.height, sd3.width, sd3.steps, sd3.guidance_scale, sd3.text_tokens) == (1024, 1024, 28, 7.0, 333)
+    assert sd3.variants == ("stock", "sd3-2x")
 
 
 def test_quick_and_repeats_scale_the_cases():
@@ -70,8 +81,12 @@ def test_quick_and_repeats_scale_the_cases():
     assert e2e.variant_stages("stock", quick) is None
     assert e2e.effective_case(e2e.CASES["flux"], e2e.E2EOptions(repeats=7)).repeats == 7
     assert e2e.parse_cases("wan, flux") == ["wan", "flux"]
+    # presets are set against their family's stock steps: SD3's 28, not 50
+    assert [s.steps for s in e2e.variant_stages("sd3-2x", e2e.CASES["sd3"])] == [4, 14, 6]
+    sd3_quick = e2e.effective_case(e2e.CASES["sd3"], e2e.E2EOptions(quick=True))
+    assert [s.steps for s in e2e.variant_stages("sd3-2x", sd3_quick)] == [1, 5, 2]  # (4, 14, 6) × 10/28
     with pytest.raises(Exception, match="--cases"):
-        e2e.parse_cases("sd3")
+        e2e.parse_cases("sd4")
 
 
 # ---- ratios, targets, writers -------------------------------------------------------------------------------------
@@ -195,6 +210,20 @@ def test_dry_run_on_the_tiny_pipelines_fills_every_row(tmp_path):
         assert not any("Sparse" in type(p).__name__ for p in pipe.transformer.attn_processors.values())
     data = json.loads((tmp_path / f"{e2e.output_stem(results)}.json").read_text())
     assert len(data["rows"]) == 7 and data["wall_s"] is not None
+
+
+def test_dry_run_of_the_sd3_case(tmp_path):
+    pipe = tiny_sd3_pipeline()
+    case = dataclasses.replace(e2e.CASES["sd3"], height=32, width=32, steps=14, repeats=1, text_tokens=16)
+    results = e2e.run_benchmark(e2e.E2EOptions(), tmp_path, "dry run", device="cpu", pipelines={"sd3": pipe},
+                                cases=[case], log=lambda message: None)  # fmt: skip
+    stock, bottleneck = results["rows"]
+    assert stock["error"] is None and bottleneck["error"] is None, results["rows"]
+    assert bottleneck["steps"] == [2, 7, 3]  # sd3-2x's (4, 14, 6) × 14/28
+    # CFG in one batch-2 pass per step; the size is the latent (C, H, W) each call sees
+    assert stock["transformer_calls"] == 14 and bottleneck["transformer_calls"] == 2 + 7 + 3
+    assert {k: v["calls"] for k, v in bottleneck["per_size"].items()} == {"4x32x32": 5, "4x16x16": 7}
+    assert results["decode"]["sd3"]["decode_s"] > 0 and bottleneck["speedup_total"] > 0
 
 
 def test_a_failing_variant_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):

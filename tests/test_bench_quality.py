@@ -119,3 +119,24 @@ def test_noise_search_rows_start_from_the_stock_noise_and_count_passes():
     assert (search["forward_passes"], search["backward_passes"]) == (4, 2)
     table = markdown_report(results)
     assert "generator passes / image (fwd + bwd)" in table and "| 4 + 2 |" in table and "| 1 + 0 |" in table
+
+
+def test_custom_stage_list_row_equals_the_preset_with_the_same_stages():
+    from unbottle.cli.bottleneck import parse_stages
+    from unbottle.pipelines.bottleneck import Stage
+    from unbottle.pipelines.bottleneck_presets import PRESETS
+
+    stages = tuple(Stage(*row) for row in PRESETS["sd3-2x"][1])
+    text = "1:4:1:9,0.5:14:0.8:6,1:6:0.6:9"
+    assert tuple(parse_stages(text)) == stages  # the --stages spelling of sd3-2x
+    options = QualityOptions(captions=2, steps=2, batch=2, bottleneck=("sd3-2x",), stages=(stages,))
+    stock, preset, custom = run_quality(options, log=lambda _: None)["rows"]
+    assert custom["setting"] == f"bottleneck {text} (4/14/6 steps)"
+    assert custom["psnr_vs_stock"] == preset["psnr_vs_stock"] and custom["per_fact"] == preset["per_fact"]
+
+
+def test_cli_bad_stage_list_names_the_stage(capsys):
+    from unbottle.cli import main
+
+    assert main(["bench", "quality", "--stages", "1:4:1:9,0.5:0:0.8:6"]) == 2
+    assert "unbottle bench: error: --stages: stage 1 '0.5:0:0.8:6': Stage.steps must be ≥ 1, got 0" in capsys.readouterr().err

@@ -7,18 +7,22 @@ What is real-size: the denoiser and the VAE. FLUX.1-dev's `FluxTransformer2DMode
 3072 = 24 heads × 128, T5 width 4096, CLIP pooled 768, guidance embedding; 11.9B parameters) with its 16-channel
 `AutoencoderKL` (83.8M) and its scheduler (FlowMatchEuler, dynamic shift); Wan2.1-T2V-1.3B's `WanTransformer3DModel`
 (30 layers, 1536 = 12 heads × 128, FFN 8960; 1.42B parameters, the checkpoint's count behind the "1.3B" name) with
-`AutoencoderKLWan` (127M) and the scheduler the Diffusers checkpoint ships (UniPC, flow prediction, flow shift 3).
+`AutoencoderKLWan` (127M) and the scheduler the Diffusers checkpoint ships (UniPC, flow prediction, flow shift 3);
+Stable Diffusion 3 medium's `SD3Transformer2DModel` (24 joint blocks, 1536 = 24 heads × 64, patch 2; 2.03B parameters)
+with its 16-channel `AutoencoderKL` and scheduler (FlowMatchEuler, static shift 3).
 Weights are random (speed does not depend on them) and built on the GPU from these configs: nothing is downloaded.
 
 What is not: text encoding. The pipelines carry the tiny test text encoders (`unbottle.testing`), which are never
 called: each generation gets precomputed random `prompt_embeds` of the real shape (Flux: T5 1×512×4096 + pooled CLIP
-1×768; Wan: UMT5 1×512×4096 for the prompt and the negative prompt), as `BottleneckSampler` itself passes them, so
-the times leave out T5-XXL/UMT5 encoding (the same for stock and bottleneck).
+1×768; Wan: UMT5 1×512×4096 for the prompt and the negative prompt; SD3: CLIP-L/G + T5 1×333×4096 + pooled 1×2048 for
+both), as `BottleneckSampler` itself passes them, so the times leave out text encoding (the same for stock and
+bottleneck).
 
 Generation is the stock pipeline call (Flux-dev 1024², 50 steps, guidance 3.5 as a guidance embedding: one transformer
-pass per step; Wan 81 frames 480×832, 50 steps, guidance 5.0: two passes per step, conditional and unconditional)
-against `BottleneckSampler.from_preset` (flux-3x; wan-3x, wan-2x) and wan-3x with `enable_sparse_attention(pipe,
-SparseAttentionConfig(density=0.05))` (the engine's defaults otherwise), bf16, batch 1. "Denoise" is the wall time of
+pass per step; Wan 81 frames 480×832, 50 steps, guidance 5.0: two passes per step, conditional and unconditional;
+SD3-medium 1024², 28 steps, guidance 7.0: one batch-2 pass per step) against `BottleneckSampler.from_preset`
+(flux-3x; wan-3x, wan-2x; sd3-2x) and wan-3x with `enable_sparse_attention(pipe, SparseAttentionConfig(density=0.05))`
+(the engine's defaults otherwise), bf16, batch 1. "Denoise" is the wall time of
 the call with `output_type="latent"` (every transformer pass, the scheduler, the sampler's latent resizing and
 re-noising), the median of the repeats after one untimed warm-up; the warm-up runs each stage for a few steps at the
 real sizes (nothing is compiled there), except with sparse attention, where it is a whole generation (FlexAttention,
@@ -54,7 +58,8 @@ from .attention import _error_text, _free, _git_commit, _log, _sync, gpu_tag
 from .script import parse_names, share_quick_and_seed
 
 NO_CUDA_MESSAGE = "the end-to-end benchmark needs a CUDA GPU; torch sees none here"
-TEXT_TOKENS = 512  # both pipelines' `max_sequence_length` default: T5/UMT5 embeddings of 512 tokens
+TEXT_TOKENS = 512  # Flux's and Wan's `max_sequence_length` default: T5/UMT5 embeddings of 512 tokens
+SD3_TEXT_TOKENS = 77 + 256  # SD3: CLIP-L/G's 77 tokens joined with T5's 256 (its `max_sequence_length` default)
 
 # ---- real-size configs (FLUX.1-dev, Wan2.1-T2V-1.3B-Diffusers) --------------------------------------------------
 FLUX_DEV_TRANSFORMER = dict(
@@ -83,6 +88,14 @@ WAN_SCHEDULER = dict(  # the Diffusers checkpoint's scheduler_config.json (UniPC
     solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace",
 )  # fmt: skip
 
+SD3_MEDIUM_TRANSFORMER = dict(  # stabilityai/stable-diffusion-3-medium-diffusers transformer/config.json
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=192,
+)  # fmt: skip
+SD3_VAE = dict(FLUX_DEV_VAE, scaling_factor=1.5305, shift_factor=0.0609)  # the same architecture, SD3's constants
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+
 # ---- cases --------------------------------------------------------------------------------------------------------
 SPARSE = "+sparse"  # a variant name ending in it runs with sparse attention enabled
 
@@ -92,7 +105,7 @@ class Case:
     """One comparison: a model at one request size, its stock run and the Bottleneck Sampling variants against it."""
 
     name: str
-    model: str  # "flux" or "wan": which pipeline
+    model: str  # "flux", "wan" or "sd3": which pipeline
     variants: tuple[str, ...]  # "stock", a preset name, or a preset name + "+sparse"
     height: int
     width: int
@@ -108,8 +121,9 @@ CASES: dict[str, Case] = {
     "flux": Case("flux", "flux", ("stock", "flux-3x"), 1024, 1024, None, 50, 3.5, repeats=3),
     "wan": Case("wan", "wan", ("stock", "wan-3x", "wan-2x"), 480, 832, 81, 50, 5.0, repeats=2),
     "wan-sparse": Case("wan-sparse", "wan", ("stock", "wan-3x" + SPARSE), 480, 832, 81, 50, 5.0, repeats=2),
+    "sd3": Case("sd3", "sd3", ("stock", "sd3-2x"), 1024, 1024, None, 28, 7.0, repeats=3, text_tokens=SD3_TEXT_TOKENS),
 }
-DEFAULT_CASES: tuple[str, ...] = ("flux", "wan", "wan-sparse")
+DEFAULT_CASES: tuple[str, ...] = ("flux", "wan", "wan-sparse", "sd3")
 QUICK_STEPS, QUICK_FRAMES, QUICK_REPEATS = 10, 33, 1  # --quick: stages scaled by QUICK_STEPS / steps
 WARMUP_STEPS = 2  # steps per stage of the warm-up of variants that compile nothing
 # issue #6's targets: (case, variant, minimum speed-up over stock, whole generation where decode was measured)
@@ -152,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=parse_cases, metavar="C,...",
                         help=f"e2e: cases to run, of {', '.join(CASES)} (default all)")  # fmt: skip
     parser.add_argument("--repeats", type=int, metavar="N",
-                        help="e2e: timed generations per variant (default: flux 3, wan 2)")  # fmt: skip
+                        help="e2e: timed generations per variant (default: flux and sd3 3, wan 2)")  # fmt: skip
     parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, metavar="N",
                         help=f"e2e: steps per stage of the warm-up where nothing compiles (default {WARMUP_STEPS}; "
                         "0: whole generations)")  # fmt: skip
@@ -203,6 +217,13 @@ def wan_1_3b_transformer() -> torch.nn.Module:
     return WanTransformer3DModel(**WAN_1_3B_TRANSFORMER)
 
 
+def sd3_medium_transformer() -> torch.nn.Module:
+    """Stable Diffusion 3 medium's MMDiT at its real shape (random weights), built on the current default device."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(**SD3_MEDIUM_TRANSFORMER)
+
+
 def flux_dev_vae() -> torch.nn.Module:
     """FLUX.1's 16-channel VAE at its real shape (random weights)."""
     from diffusers import AutoencoderKL
@@ -218,11 +239,18 @@ def wan_vae() -> torch.nn.Module:
 
 
 def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> object:
-    """A real-size random-weight FluxPipeline or WanPipeline (tiny unused text encoders) for the benchmark of
-    Bottleneck Sampling (Tian et al., 2025)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, UniPCMultistepScheduler, WanPipeline
+    """A real-size random-weight FluxPipeline, WanPipeline or StableDiffusion3Pipeline (tiny unused text encoders) for
+    the benchmark of Bottleneck Sampling (Tian et al., 2025)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        StableDiffusion3Pipeline,
+        UniPCMultistepScheduler,
+        WanPipeline,
+    )
 
-    from ..testing import tiny_flux_pipeline, tiny_wan_pipeline
+    from ..testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 
     with torch.device(device):  # random init on the GPU: seconds instead of minutes of CPU init
         if model == "flux":
@@ -238,8 +266,16 @@ def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = 
                 tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, vae=wan_vae(),
                 transformer=wan_1_3b_transformer(), scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER),
             )  # fmt: skip
+        elif model == "sd3":
+            tiny = tiny_sd3_pipeline()
+            pipe = StableDiffusion3Pipeline(
+                transformer=sd3_medium_transformer(), scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
+                vae=AutoencoderKL(**SD3_VAE), text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                text_encoder_2=tiny.text_encoder_2, tokenizer_2=tiny.tokenizer_2, text_encoder_3=tiny.text_encoder_3,
+                tokenizer_3=tiny.tokenizer_3,
+            )  # fmt: skip
         else:
-            raise ValueError(f"unknown model {model!r}: flux or wan")
+            raise ValueError(f"unknown model {model!r}: flux, wan or sd3")
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             cast_like_from_pretrained(component, dtype)
@@ -270,6 +306,11 @@ def prompt_inputs(pipe: object, case: Case, device: torch.device, seed: int) -> 
     if case.model == "flux":
         return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim),
                 "pooled_prompt_embeds": embeds(1, config.pooled_projection_dim)}  # fmt: skip
+    if case.model == "sd3":
+        return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim),
+                "pooled_prompt_embeds": embeds(1, config.pooled_projection_dim),
+                "negative_prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim),
+                "negative_pooled_prompt_embeds": embeds(1, config.pooled_projection_dim)}  # fmt: skip
     return {"prompt_embeds": embeds(1, case.text_tokens, config.text_dim),
             "negative_prompt_embeds": embeds(1, case.text_tokens, config.text_dim)}  # fmt: skip
 
@@ -281,14 +322,15 @@ def variant_stages(variant: str, case: Case) -> list | None:
     """The variant's Bottleneck Sampling stages (Tian et al., 2025), step counts scaled like the stock steps; None for
     stock."""
     from ..pipelines.bottleneck import Stage
-    from ..pipelines.bottleneck_presets import PRESETS
+    from ..pipelines.bottleneck_presets import PRESETS, STOCK_STEPS
 
     preset = variant.removesuffix(SPARSE)
     if preset == "stock":
         return None
-    factor = case.steps / 50  # presets are set against the stock 50 steps
+    family, rows = PRESETS[preset]
+    factor = case.steps / STOCK_STEPS[family]  # presets are set against their family's stock steps (50; SD3 28)
     return [Stage(scale, max(1, round(steps * factor)), strength, shift)
-            for scale, steps, strength, shift in PRESETS[preset][1]]  # fmt: skip
+            for scale, steps, strength, shift in rows]  # fmt: skip
 
 
 def _call(pipe: object, case: Case, stages: list | None, steps_cap: int | None, inputs: dict, seed: int,
@@ -315,10 +357,13 @@ def _latents(out: object) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(pipe: object, latents: torch.Tensor, case: Case) -> object:
-    """The stock pipeline's own decode path of its final latents (Flux: unpack, VAE, PIL; Wan: VAE, numpy)."""
+    """The stock pipeline's own decode path of its final latents (Flux: unpack, VAE, PIL; SD3: VAE, PIL; Wan: VAE,
+    numpy)."""
     vae = pipe.vae
-    if case.model == "flux":
-        x = pipe._unpack_latents(latents, case.height, case.width, pipe.vae_scale_factor)
+    if case.model in ("flux", "sd3"):
+        x = latents
+        if case.model == "flux":  # packed (B, N, 64) → (B, 16, H/8, W/8)
+            x = pipe._unpack_latents(latents, case.height, case.width, pipe.vae_scale_factor)
         x = (x / vae.config.scaling_factor) + vae.config.shift_factor
         return pipe.image_processor.postprocess(vae.decode(x, return_dict=False)[0], output_type="pil")
     x = latents.to(vae.dtype)
@@ -619,7 +664,8 @@ def _environment(device: torch.device, command: str, options: E2EOptions) -> dic
         "not_real_size": " ".join(rest.partition("\n\n")[0].split()),
         "configs": {"flux_transformer": FLUX_DEV_TRANSFORMER, "flux_vae": FLUX_DEV_VAE,
                     "flux_scheduler": FLUX_DEV_SCHEDULER, "wan_transformer": WAN_1_3B_TRANSFORMER, "wan_vae": WAN_VAE,
-                    "wan_scheduler": ("UniPCMultistepScheduler", WAN_SCHEDULER)},
+                    "wan_scheduler": ("UniPCMultistepScheduler", WAN_SCHEDULER),
+                    "sd3_transformer": SD3_MEDIUM_TRANSFORMER, "sd3_vae": SD3_VAE, "sd3_scheduler": SD3_SCHEDULER},
         "rows": [], "decode": {}, "targets": [],
     }  # fmt: skip
 

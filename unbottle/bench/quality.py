@@ -7,7 +7,8 @@ once per method setting. Each setting reports the shapes evaluator's accuracy (a
 T2I-CompBench-like category, and the fraction of facts right) and its fidelity to the stock images of the same seeds
 (PSNR in dB over all uint8 pixels of the set; identical sets give inf). Compared so far: sparse attention at each
 `--sparse` density (Re-ttention reshape on, `--sparse-pattern`, 16-token blocks = 16 blocks per 256-token image), and
-bottleneck sampling with each `--presets` preset (its own step counts; the time column shows the cost),
+bottleneck sampling with each `--presets` preset and each custom `--stages` list (their own step counts; the time
+column shows the cost),
 structured cross-attention guidance (`--structured`), and reward-guided noise search (`--noise SEEDSxITERS,...`,
 CARINOX with the default shapes-clip reward, one caption at a time: seeds 0..SEEDS−1 explored, each optimized for
 ITERS iterations; `1x0` is the plain generation of seed 0, the baseline of the noise rows; the compute column counts
@@ -47,6 +48,7 @@ class QualityOptions:
     sparse_pattern: str = "cached"
     sparse_block_size: int = 16
     bottleneck: tuple[str, ...] = ()
+    stages: tuple[tuple, ...] = ()  # custom bottleneck stage lists (tuples of `Stage`), one row each
     structured: bool = False
     seed: int = HELD_OUT_SEED
     kinds: tuple[str, ...] = ()  # scene kinds of the held-out captions (world.KINDS); () = the natural mix
@@ -167,17 +169,24 @@ def run_quality(
             disable_structured_guidance(pipe)
         rows.append(_row("structured guidance", images, captions, stock, time.perf_counter() - start))
         log(f"structured guidance: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
-    for preset in options.bottleneck:
-        sampler = BottleneckSampler.from_preset(pipe, preset)
+    samplers = [(preset, BottleneckSampler.from_preset(pipe, preset)) for preset in options.bottleneck]
+    samplers += [(stages_text(stages), BottleneckSampler(pipe, list(stages))) for stages in options.stages]
+    for name, sampler in samplers:
         start = time.perf_counter()
         images = generate_all(pipe, prompts, None, options.batch, runner=sampler)
         steps = "/".join(str(s.steps) for s in sampler.stages)
-        rows.append(_row(f"bottleneck {preset} ({steps} steps)", images, captions, stock, time.perf_counter() - start))
+        rows.append(_row(f"bottleneck {name} ({steps} steps)", images, captions, stock, time.perf_counter() - start))
         log(f"{rows[-1]['setting']}: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
     if options.noise_search:
         rows += noise_search_rows(pipe, prompts, options, stock[: len(prompts)], device, log)
     return {"model": "shapes-t2v (t2i)", "options": asdict(options), "device": str(device), "rows": rows,
             "torch": torch.__version__}  # fmt: skip
+
+
+def stages_text(stages: tuple) -> str:
+    """A stage list as `--stages` spells it: SCALE:STEPS:STRENGTH:SHIFT,... (Bottleneck Sampling, Tian et al. 2025)."""
+    return ",".join(f"{s.scale:g}:{s.steps}:{s.strength:g}:{'none' if s.shift is None else f'{s.shift:g}'}"
+                    for s in stages)  # fmt: skip
 
 
 def noise_search_rows(
@@ -262,6 +271,9 @@ def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[st
     """The quality benchmark's options on the `bench` parser."""
     parser.add_argument("--captions", type=int, default=64, help="quality: held-out captions (default 64)")
     parser.add_argument("--steps", type=int, default=20, help="quality: denoising steps (default 20)")
+    parser.add_argument("--caption-seed", type=int, default=HELD_OUT_SEED, metavar="S",
+                        help=f"quality: seed of the caption draw (default {HELD_OUT_SEED}, the held-out set; "
+                        "another seed gives a tuning set)")  # fmt: skip
     densities = functools.partial(parse_densities, option="--sparse")
     parser.add_argument("--sparse", type=densities, metavar="D,...", default=[],
                         help="quality: sparse-attention densities to compare with stock")  # fmt: skip
@@ -274,6 +286,9 @@ def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[st
         metavar="P,...",
         help="quality: bottleneck presets to compare with stock (e.g. wan-2x,wan-3x)",
     )
+    parser.add_argument("--stages", action="append", default=[], metavar="STAGES",
+                        help="quality: a custom bottleneck stage list to compare with stock, "
+                        "SCALE:STEPS:STRENGTH:SHIFT,... (repeatable)")  # fmt: skip
     parser.add_argument("--structured", action="store_true", help="quality: compare structured guidance with stock")
     parser.add_argument("--kinds", type=lambda t: [k.strip() for k in t.split(",") if k.strip()], default=[],
                         metavar="K,...", help="quality: held-out captions of these scene kinds only")  # fmt: skip
@@ -285,11 +300,14 @@ def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[st
 
 def run_from_cli(args: argparse.Namespace) -> int:
     """`unbottle bench quality`: run on CUDA if present (else CPU), print the markdown table, write both files."""
+    from ..cli.bottleneck import parse_stages
     from ..cli.errors import UsageError
 
+    stages = tuple(tuple(parse_stages(text, "--stages")) for text in args.stages)  # UsageError naming the stage
     try:
         options = QualityOptions(captions=args.captions, steps=args.steps, sparse=tuple(args.sparse),
-                                 sparse_pattern=args.sparse_pattern, bottleneck=tuple(args.presets),
+                                 sparse_pattern=args.sparse_pattern, bottleneck=tuple(args.presets), stages=stages,
+                                 seed=args.caption_seed,
                                  structured=args.structured, kinds=tuple(args.kinds),
                                  noise_seeds=args.noise_seeds,
                                  noise_search=tuple(parse_noise_search(args.noise)) if args.noise else ())  # fmt: skip

@@ -9,24 +9,25 @@ from .errors import UsageError
 STAGES_HELP = "SCALE:STEPS:STRENGTH:SHIFT,... (SHIFT 'none' = the pipeline's own), e.g. 1:6:1:9,0.5:20:0.8:6,1:8:0.6:9"
 
 
-def parse_stages(text: str) -> list:
-    """Stages from 'scale:steps:strength:shift,...' (Bottleneck Sampling, Tian et al. 2025); errors name the part."""
+def parse_stages(text: str, option: str = "--bottleneck-stages") -> list:
+    """Stages from 'scale:steps:strength:shift,...' (Bottleneck Sampling, Tian et al. 2025); errors name the option
+    and the part."""
     from ..pipelines.bottleneck import Stage
 
     stages = []
     for i, part in enumerate(p for p in text.split(",") if p.strip()):
         fields = part.strip().split(":")
         if len(fields) != 4:
-            raise UsageError(f"--bottleneck-stages: stage {i} {part!r} must be SCALE:STEPS:STRENGTH:SHIFT")
+            raise UsageError(f"{option}: stage {i} {part!r} must be SCALE:STEPS:STRENGTH:SHIFT")
         scale, steps, strength, shift = fields
         try:
             stage = Stage(scale=float(scale), steps=int(steps), strength=float(strength),
                           shift=None if shift.lower() == "none" else float(shift))  # fmt: skip
         except ValueError as e:
-            raise UsageError(f"--bottleneck-stages: stage {i} {part!r}: {e}") from e
+            raise UsageError(f"{option}: stage {i} {part!r}: {e}") from e
         stages.append(stage)
     if not stages:
-        raise UsageError("--bottleneck-stages: no stages given; " + STAGES_HELP)
+        raise UsageError(f"{option}: no stages given; " + STAGES_HELP)
     return stages
 
 

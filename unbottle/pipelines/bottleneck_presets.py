@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+# the stock step count each family's presets are set against (their speed-up is measured against it)
+STOCK_STEPS = MappingProxyType({"Flux": 50, "HunyuanVideo": 50, "Wan": 50, "SD3": 28})
+
 PRESETS = MappingProxyType({
     # FLUX.1-dev, paper Table 4 verbatim (1024 → 512 → 1024). 14 × 170 + 20 × 84 ms ≈ 0.48 of 50 full steps: this
     # measures ≈ 2.1× on an H200, not 3×, hence its name here.
