@@ -6,6 +6,8 @@ Timings need a GPU and are never asserted here; the benchmark itself runs on the
 import json
 import math
 import runpy
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -247,3 +249,22 @@ def test_bench_e2e_is_no_longer_pending_and_needs_cuda(tmp_path, capsys, monkeyp
     err = _error(capsys)
     assert "end-to-end benchmark needs a CUDA GPU" in err and "not available yet" not in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git executable")
+def test_git_commit_says_when_the_tree_is_not_the_commit(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    assert bench._git_commit(tmp_path) is None  # not a repository
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert bench._git_commit(tmp_path) == sha
+    (tmp_path / "a.py").write_text("x = 2\n")  # the code that runs is no longer the commit
+    assert bench._git_commit(tmp_path) == sha + "+dirty"
+    (tmp_path / "b.py").write_text("")  # untracked files do not make it dirty
+    (tmp_path / "a.py").write_text("x = 1\n")
+    assert bench._git_commit(tmp_path) == sha

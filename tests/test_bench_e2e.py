@@ -82,9 +82,9 @@ def test_quick_and_repeats_scale_the_cases():
     assert e2e.effective_case(e2e.CASES["flux"], e2e.E2EOptions(repeats=7)).repeats == 7
     assert e2e.parse_cases("wan, flux") == ["wan", "flux"]
     # presets are set against their family's stock steps: SD3's 28, not 50
-    assert [s.steps for s in e2e.variant_stages("sd3-2x", e2e.CASES["sd3"])] == [4, 14, 6]
+    assert [s.steps for s in e2e.variant_stages("sd3-2x", e2e.CASES["sd3"])] == [3, 10, 5]
     sd3_quick = e2e.effective_case(e2e.CASES["sd3"], e2e.E2EOptions(quick=True))
-    assert [s.steps for s in e2e.variant_stages("sd3-2x", sd3_quick)] == [1, 5, 2]  # (4, 14, 6) × 10/28
+    assert [s.steps for s in e2e.variant_stages("sd3-2x", sd3_quick)] == [1, 4, 2]  # (3, 10, 5) × 10/28
     with pytest.raises(Exception, match="--cases"):
         e2e.parse_cases("sd4")
 
@@ -219,10 +219,10 @@ def test_dry_run_of_the_sd3_case(tmp_path):
                                 cases=[case], log=lambda message: None)  # fmt: skip
     stock, bottleneck = results["rows"]
     assert stock["error"] is None and bottleneck["error"] is None, results["rows"]
-    assert bottleneck["steps"] == [2, 7, 3]  # sd3-2x's (4, 14, 6) × 14/28
+    assert bottleneck["steps"] == [2, 5, 2]  # sd3-2x's (3, 10, 5) × 14/28, rounded half to even
     # CFG in one batch-2 pass per step; the size is the latent (C, H, W) each call sees
-    assert stock["transformer_calls"] == 14 and bottleneck["transformer_calls"] == 2 + 7 + 3
-    assert {k: v["calls"] for k, v in bottleneck["per_size"].items()} == {"4x32x32": 5, "4x16x16": 7}
+    assert stock["transformer_calls"] == 14 and bottleneck["transformer_calls"] == 2 + 5 + 2
+    assert {k: v["calls"] for k, v in bottleneck["per_size"].items()} == {"4x32x32": 4, "4x16x16": 5}
     assert results["decode"]["sd3"]["decode_s"] > 0 and bottleneck["speedup_total"] > 0
 
 

@@ -127,11 +127,11 @@ def test_custom_stage_list_row_equals_the_preset_with_the_same_stages():
     from unbottle.pipelines.bottleneck_presets import PRESETS
 
     stages = tuple(Stage(*row) for row in PRESETS["sd3-2x"][1])
-    text = "1:4:1:9,0.5:14:0.8:6,1:6:0.6:9"
+    text = "1:3:1:9,0.5:10:0.7:6,1:5:0.9:9"
     assert tuple(parse_stages(text)) == stages  # the --stages spelling of sd3-2x
     options = QualityOptions(captions=2, steps=2, batch=2, bottleneck=("sd3-2x",), stages=(stages,))
     stock, preset, custom = run_quality(options, log=lambda _: None)["rows"]
-    assert custom["setting"] == f"bottleneck {text} (4/14/6 steps)"
+    assert custom["setting"] == f"bottleneck {text} (3/10/5 steps)"
     assert custom["psnr_vs_stock"] == preset["psnr_vs_stock"] and custom["per_fact"] == preset["per_fact"]
 
 
@@ -139,4 +139,5 @@ def test_cli_bad_stage_list_names_the_stage(capsys):
     from unbottle.cli import main
 
     assert main(["bench", "quality", "--stages", "1:4:1:9,0.5:0:0.8:6"]) == 2
-    assert "unbottle bench: error: --stages: stage 1 '0.5:0:0.8:6': Stage.steps must be ≥ 1, got 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unbottle bench: error: --stages: stage 1 '0.5:0:0.8:6': Stage.steps must be ≥ 1, got 0" in err

@@ -699,12 +699,16 @@ def _free(device: torch.device) -> None:
             torch.cuda.empty_cache()
 
 
-def _git_commit() -> str | None:
-    """The checkout's commit, or None where there is no git repository (e.g. a copied working tree)."""
+def _git_commit(root: Path | None = None) -> str | None:
+    """The checkout's commit, "+dirty" when tracked files differ from it (the code that ran is not that commit), or
+    None where there is no git repository (e.g. a copied working tree)."""
     try:
-        root = Path(__file__).resolve().parents[2]
+        root = root if root is not None else Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root, capture_output=True, timeout=30)
+        return out.stdout.strip() + ("+dirty" if diff.returncode == 1 else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -59,12 +59,19 @@ PRESETS = MappingProxyType({
         (0.5, 20, 0.7, 6.0),
         (1.0, 8, 0.8, 9.0),
     )),
-    # Not measured (no SD3-family shapes model): SD3 against its stock 28 steps (base shift 3, as Flux's), modelled
-    # on RALU's BS-on-SD3 settings (stages of 6, 18, 7 steps vs 50); a 512² SD3-medium step ≈ 0.3 of a 1024² one:
-    # 10 + 14 × 0.3 ≈ 14.2 full steps.
+    # SD3 against its stock 28 steps. Steps from the SD3-medium cost model measured on an H100 (bf16, 1024², CFG as one
+    # batch-2 call; bench/results/e2e-h100-80gb-hbm3-sd3.md): a 1024² call 52.9 ms, a 512² call 24.1 ms (0.46 of one:
+    # the 333 text tokens weigh at low resolution), so 8 × 52.9 + 10 × 24.1 ≈ 0.66 s vs 28 × 52.9 ≈ 1.48 s (≈ 2.2×;
+    # the Flux-table steps 4/14/6 measured 1.67×). Strengths chosen on the shapes model, whose scheduler is SD3's
+    # (FlowMatchEuler, static shift 3), run at SD3's 28 steps: 64 tuning captions (seed 30,000; CPU), stock 0.812; at
+    # 4/14/6 steps, low / final strength 0.8 / 0.6 (Flux's) 0.734, 0.7 / 0.6 0.688, 0.7 / 0.8 0.797, 0.8 / 0.8 0.797,
+    # 0.7 / 0.9 0.828, 0.8 / 0.9 0.828; 5/12/6 at 0.7 / 0.8 0.797; 3/16/7 0.781; at 0.7 / 0.9: **3/10/5 0.828**, 4/8/5
+    # 0.797, 3/12/4 0.750; 3/10/5 at 0.8 / 0.9 0.797. SD3's full-resolution stage needs a strong redraw (final 0.9):
+    # its 28-step schedule leaves fewer steps to repair the upsampled estimate than Wan's 50. Held out (200 captions of
+    # seed 10,000): bench/results/quality-shapes-v4-sd3-cpu.md.
     "sd3-2x": ("SD3", (
-        (1.0, 4, 1.0, 9.0),
-        (0.5, 14, 0.8, 6.0),
-        (1.0, 6, 0.6, 9.0),
+        (1.0, 3, 1.0, 9.0),
+        (0.5, 10, 0.7, 6.0),
+        (1.0, 5, 0.9, 9.0),
     )),
 })  # fmt: skip
