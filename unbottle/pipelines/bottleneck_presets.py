@@ -68,7 +68,8 @@ PRESETS = MappingProxyType({
     # 0.7 / 0.9 0.828, 0.8 / 0.9 0.828; 5/12/6 at 0.7 / 0.8 0.797; 3/16/7 0.781; at 0.7 / 0.9: **3/10/5 0.828**, 4/8/5
     # 0.797, 3/12/4 0.750; 3/10/5 at 0.8 / 0.9 0.797. SD3's full-resolution stage needs a strong redraw (final 0.9):
     # its 28-step schedule leaves fewer steps to repair the upsampled estimate than Wan's 50. Held out (200 captions of
-    # seed 10,000): bench/results/quality-shapes-v4-sd3-cpu.md.
+    # seed 10,000, 28 steps; bench/results/quality-shapes-v4-sd3-cpu.md): stock 0.855, this preset 0.875 (all facts
+    # 0.953 → 0.950: counts 0.56 → 0.72, colour binding 0.97 → 0.85), the Flux-table 4/14/6 one 0.790.
     "sd3-2x": ("SD3", (
         (1.0, 3, 1.0, 9.0),
         (0.5, 10, 0.7, 6.0),
