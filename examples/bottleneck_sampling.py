@@ -4,6 +4,7 @@
     python examples/bottleneck_sampling.py --sparse 0.3           # ... with sparse attention on the bottleneck run
     python examples/bottleneck_sampling.py --model flux           # FLUX.1-dev, flux-3x (needs the weights + a GPU)
     python examples/bottleneck_sampling.py --model wan            # Wan2.1-T2V-1.3B, wan-3x (needs the weights + a GPU)
+    python examples/bottleneck_sampling.py --model sd3            # SD3-medium, sd3-2x against its 28 steps (likewise)
 
 Prints the wall time of the stock run and of the bottleneck run (same seed), their ratio, the PSNR of the bottleneck
 result against the stock one, and each stage's size and σ grid; saves both results as PNG (first frame for videos).
@@ -29,6 +30,11 @@ MODELS = {
         "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
         dict(height=480, width=832, num_frames=81, num_inference_steps=50),
         "wan-3x",
+    ),
+    "sd3": (
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=7.0),
+        "sd3-2x",
     ),
 }
 # the shapes model is trained for 20 steps at 128 px: a 3-stage list of ≈ 0.6 of its cost (not tuned yet)
