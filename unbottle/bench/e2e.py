@@ -22,9 +22,9 @@ Generation is the stock pipeline call (Flux-dev 1024², 50 steps, guidance 3.5 a
 pass per step; Wan 81 frames 480×832, 50 steps, guidance 5.0: two passes per step, conditional and unconditional;
 SD3-medium 1024², 28 steps, guidance 7.0: one batch-2 pass per step) against `BottleneckSampler.from_preset`
 (flux-3x; wan-3x, wan-2x; sd3-2x) and wan-3x with `enable_sparse_attention(pipe, SparseAttentionConfig(density=0.05))`
-(the engine's defaults otherwise), bf16, batch 1. "Denoise" is the wall time of
-the call with `output_type="latent"` (every transformer pass, the scheduler, the sampler's latent resizing and
-re-noising), the median of the repeats after one untimed warm-up; the warm-up runs each stage for a few steps at the
+(the engine's defaults otherwise), bf16, batch 1. "Denoise" is the wall time of the call with `output_type="latent"`
+(every transformer pass, the scheduler, the sampler's latent resizing and re-noising), the median of the repeats after
+one untimed warm-up; the warm-up runs each stage for a few steps at the
 real sizes (nothing is compiled there), except with sparse attention, where it is a whole generation (FlexAttention,
 where it runs, compiles for each stage resolution and the cached SparseD patterns are computed; they are reused by the
 timed runs, as the engine reuses them across generations). "With decode" adds the real-size VAE decode and
