@@ -135,6 +135,7 @@ def run_quality(
 ) -> dict:  # fmt: skip
     """Generate the held-out captions stock and per setting; score each setting."""
     from ..attention_processors import SparseAttentionConfig, disable_sparse_attention, enable_sparse_attention
+    from ..cli.bottleneck import format_stages
     from ..pipelines.bottleneck import BottleneckSampler
 
     pipe = load_pipeline("t2i", device=device, dtype=dtype)
@@ -170,7 +171,7 @@ def run_quality(
         rows.append(_row("structured guidance", images, captions, stock, time.perf_counter() - start))
         log(f"structured guidance: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
     samplers = [(preset, BottleneckSampler.from_preset(pipe, preset)) for preset in options.bottleneck]
-    samplers += [(stages_text(stages), BottleneckSampler(pipe, list(stages))) for stages in options.stages]
+    samplers += [(format_stages(stages), BottleneckSampler(pipe, list(stages))) for stages in options.stages]
     for name, sampler in samplers:
         start = time.perf_counter()
         images = generate_all(pipe, prompts, None, options.batch, runner=sampler)
@@ -181,12 +182,6 @@ def run_quality(
         rows += noise_search_rows(pipe, prompts, options, stock[: len(prompts)], device, log)
     return {"model": "shapes-t2v (t2i)", "options": asdict(options), "device": str(device), "rows": rows,
             "torch": torch.__version__}  # fmt: skip
-
-
-def stages_text(stages: tuple) -> str:
-    """A stage list as `--stages` spells it: SCALE:STEPS:STRENGTH:SHIFT,... (Bottleneck Sampling, Tian et al. 2025)."""
-    return ",".join(f"{s.scale:g}:{s.steps}:{s.strength:g}:{'none' if s.shift is None else f'{s.shift:g}'}"
-                    for s in stages)  # fmt: skip
 
 
 def noise_search_rows(

@@ -31,6 +31,12 @@ def parse_stages(text: str, option: str = "--bottleneck-stages") -> list:
     return stages
 
 
+def format_stages(stages: list | tuple) -> str:
+    """Stages as `parse_stages` reads them, 'scale:steps:strength:shift,...' (Bottleneck Sampling, Tian et al.)."""
+    return ",".join(f"{s.scale:g}:{s.steps}:{s.strength:g}:{'none' if s.shift is None else f'{s.shift:g}'}"
+                    for s in stages)  # fmt: skip
+
+
 def check_bottleneck_args(args: argparse.Namespace) -> list | None:
     """Validate the bottleneck options before any model loads; the parsed custom stages, if given."""
     from ..pipelines.bottleneck_presets import PRESETS
