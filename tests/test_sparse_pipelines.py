@@ -1,5 +1,6 @@
 """Sparse attention on the tiny stock pipelines of every family: exactness at density 1, the sparse path really
-running below it, enable/disable/drop-in, pattern caching, CFG branches, per-call reset, schedule, pattern files."""
+running below it, enable/disable/drop-in, pattern caching, CFG branches, per-call reset, schedule (pattern files:
+test_pattern_files.py)."""
 
 import re
 import warnings
@@ -475,106 +476,6 @@ def test_fraction_schedule_from_timesteps_without_step_count(pipes, monkeypatch)
         unbottle.disable_sparse_attention(pipe)
     kinds = ["S" if c else "D" for c in per_step]
     assert re.fullmatch(r"D+S+", "".join(kinds)), kinds
-
-
-# -- 8. pattern files ------------------------------------------------------------------------------------------------
-def test_pattern_file_round_trip(tmp_path, monkeypatch):
-    importance = _counting(monkeypatch, "exact_block_importance")
-    cfg = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1, refresh_every=2)
-    first = ALL["flux"]()
-    handle = unbottle.enable_sparse_attention(first, cfg)
-    with pytest.raises(RuntimeError, match="run the pipeline"):
-        unbottle.save_head_patterns(first, tmp_path / "early.safetensors")
-    out = run(first, "flux")
-    assert handle.pattern_computations and importance
-    path = unbottle.save_head_patterns(first, tmp_path / "sub" / "p.safetensors")
-    assert path.exists()
-
-    importance.clear()
-    second = ALL["flux"]()
-    handle2 = unbottle.enable_sparse_attention(second, cfg)
-    assert unbottle.load_head_patterns(second, path) == len(handle.store.patterns)
-    for key, (indices, counts) in handle.store.patterns.items():
-        assert torch.equal(handle2.store.patterns[key][0], indices)
-        assert torch.equal(handle2.store.patterns[key][1], counts)
-    out2 = run(second, "flux")
-    assert sum(handle2.pattern_computations.values()) == 0 and importance == []
-    np.testing.assert_allclose(out2, out, atol=1e-6, rtol=0)
-    unbottle.disable_sparse_attention(first)
-    unbottle.disable_sparse_attention(second)
-    with pytest.raises(RuntimeError, match="not enabled"):
-        unbottle.load_head_patterns(second, path)
-
-
-@pytest.fixture(scope="module")
-def flux_pattern_file(tmp_path_factory):
-    cfg = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1)
-    pipe = ALL["flux"]()
-    unbottle.enable_sparse_attention(pipe, cfg)
-    run(pipe, "flux", steps=2)
-    path = unbottle.save_head_patterns(pipe, tmp_path_factory.mktemp("patterns") / "flux.safetensors")
-    unbottle.disable_sparse_attention(pipe)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("field", "change"),
-    [
-        ("block_size", dict(block_size=4)),
-        ("density", dict(density=0.5)),
-        ("pattern", dict(pattern="window")),
-    ],
-)
-def test_pattern_file_rejects_other_config(flux_pattern_file, field, change):
-    pipe = ALL["flux"]()
-    cfg = unbottle.SparseAttentionConfig(**{"density": 0.3, "block_size": 8, "full_steps": 1, **change})
-    handle = unbottle.enable_sparse_attention(pipe, cfg)
-    try:
-        with pytest.raises(ValueError, match=field):
-            unbottle.load_head_patterns(pipe, flux_pattern_file)
-        assert handle.store.patterns == {}
-    finally:
-        unbottle.disable_sparse_attention(pipe)
-
-
-def test_pattern_file_rejects_other_model(flux_pattern_file):
-    from diffusers import FluxTransformer2DModel
-
-    cfg = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1)
-    pipe = ALL["sd3"]()  # another family
-    unbottle.enable_sparse_attention(pipe, cfg)
-    try:
-        with pytest.raises(ValueError, match="model_class"):
-            unbottle.load_head_patterns(pipe, flux_pattern_file)
-    finally:
-        unbottle.disable_sparse_attention(pipe)
-    reference = ALL["flux"]().transformer  # same family, another architecture config
-    other = FluxTransformer2DModel.from_config({**reference.config, "num_single_layers": 2})
-    unbottle.enable_sparse_attention(other, cfg)
-    try:
-        with pytest.raises(ValueError, match="config_hash"):
-            unbottle.load_head_patterns(other, flux_pattern_file)
-    finally:
-        unbottle.disable_sparse_attention(other)
-
-
-def test_dynamic_patterns_cannot_be_saved(pipes, tmp_path):
-    pipe = pipes("pixart")
-    cfg = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1, pattern="dynamic")
-    unbottle.enable_sparse_attention(pipe, cfg)
-    try:
-        run(pipe, "pixart", steps=2)
-        with pytest.raises(RuntimeError, match="no head patterns"):
-            unbottle.save_head_patterns(pipe, tmp_path / "never-written.safetensors")
-        assert not (tmp_path / "never-written.safetensors").exists()
-    finally:
-        unbottle.disable_sparse_attention(pipe)
-
-
-def test_save_requires_enabled_model(pipes, tmp_path):
-    with pytest.raises(RuntimeError, match="not enabled"):
-        unbottle.save_head_patterns(pipes("pixart"), tmp_path / "x.safetensors")
-    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_registry_is_clean_after_disable(pipes):
