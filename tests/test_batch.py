@@ -1,5 +1,6 @@
 """Reward-scored batches (`unbottle batch`, `unbottle.pipelines.reward_batch`): counts and ranking, determinism,
-SIGKILL and resume, refusal of changed arguments, and 2 processes under `accelerate launch` = 1 process.
+SIGKILL and resume, refusal of changed arguments and of crafted records, one run per folder (a second waits, or
+refuses with --no-wait), and 2 processes under `accelerate launch` = 1 process.
 
 The embedded shapes model runs at 32 px and 2 steps; the rewards are fakes (colour statistics) except in the one
 test of the shipped shapes-clip reward, so the engine's logic is what is tested, fast.
@@ -7,11 +8,14 @@ test of the shipped shapes-clip reward, so the engine's logic is what is tested,
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -203,6 +207,88 @@ def test_torn_line_orphan_image_missing_image_and_tmp_file_are_redone(pipe, tmp_
     assert again.generated == 0 and again.resumed == 6 and len(_shard_lines(out)) == 6
 
 
+def test_crafted_records_are_dropped_said_and_made_again(pipe, tmp_path):
+    config = rb.BatchConfig(n=2, rewards={"green": 1.0}, seed=3, batch_size=2)
+    kwargs = dict(rewards=_fakes("green"), call_kwargs=CALL, progress=False)
+    rb.run_batch(pipe, PROMPTS, tmp_path / "ref" / "out", config, **kwargs)
+    ref, out = tmp_path / "ref" / "out", tmp_path / "x" / "out"
+    shutil.copytree(ref, out)
+    for name in ("scores.jsonl", "ranking.json", "index.html"):
+        (out / name).unlink()
+    outside = tmp_path / "afile"  # = out/../../afile: a real image, outside the output folder
+    shutil.copy(ref / rb.image_name(0, 0), outside)
+    good = {(r["prompt_index"], r["candidate"]): r for r in _shard_lines(out)}
+
+    def edit(i, j, **changes):
+        return {**good[i, j], **changes}
+
+    (out / rb.image_name(1, 0)).unlink()
+    (out / rb.image_name(1, 0)).symlink_to(outside)
+    crafted = [  # after the genuine lines, which they would replace if they counted
+        (edit(0, 0, image="../../afile", combined=9.0, units={"green": 9.0}), "image path"),
+        (edit(0, 0, image=str(outside)), "image path"),
+        (edit(1, 0), "link"),  # the canonical path, but the image is a symlink to a file outside
+        (edit(0, 1, prompt=PROMPTS[2]), "prompt text"),
+        (edit(0, 1, image="images/p00000_c01.png' onerror='alert(1)"), "image path"),
+        (edit(1, 1, seed=3), "seed"),
+        (edit(1, 1, combined=good[1, 1]["combined"] + 1.0), "combined"),
+        (edit(2, 0, scores={"blue": 0.1}, units={"blue": 0.55}, combined=0.55), "reward names"),
+        (edit(2, 1, scores={"green": float("nan")}), "not finite"),
+        (edit(2, 1, units={"green": "0.5"}), "not finite"),
+        (edit(2, 1, prompt_index=3), "prompt_index out of range"),
+        (edit(2, 1, candidate=2, seed=5), "candidate out of range"),
+    ]
+    redo = [(0, 0), (1, 0), (2, 1)]  # their genuine lines are gone: only crafted ones remain
+    lines = [r for key, r in good.items() if key not in redo] + [r for r, _ in crafted]
+    (out / "scores.rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    said = []
+    result = rb.run_batch(pipe, PROMPTS, out, config, log=said.append, **kwargs)
+    dropped = [line for line in said if line.startswith("dropped")]
+    assert len(dropped) == 1 and dropped[0].startswith(f"dropped 12 records of {out} that do not match this run (")
+    assert "made again" in dropped[0]
+    for _, reason in crafted:
+        assert reason in dropped[0], (reason, dropped[0])
+    assert result.resumed == 3 and result.generated == 3
+    assert outside.read_bytes() == (ref / rb.image_name(0, 0)).read_bytes()  # untouched
+    assert not (out / rb.image_name(1, 0)).is_symlink()
+    # the reports are exactly those of the clean run (the folders are both named "out")
+    for name in ("scores.jsonl", "ranking.json", "index.html"):
+        assert (out / name).read_text() == (ref / name).read_text(), name
+    for r in result.records:
+        np.testing.assert_array_equal(_pixels(out / r["image"]), _pixels(ref / r["image"]))
+    canonical = {rb.image_name(i, j) for i in range(3) for j in range(2)}
+    linked = re.findall(r"(?:href|src)='([^']*)'", (out / "index.html").read_text())
+    assert len(linked) == 12 and set(linked) == canonical
+    ranking = json.loads((out / "ranking.json").read_text())["prompts"]
+    assert [e["best"]["image"] for e in ranking] == [rb.image_name(i, e["order"][0]) for i, e in enumerate(ranking)]
+    assert sorted((r["prompt_index"], r["candidate"]) for r in _shard_lines(out)) == sorted(good)  # compacted
+    said.clear()
+    again = rb.run_batch(pipe, PROMPTS, out, config, log=said.append, **kwargs)
+    assert again.generated == 0 and not [line for line in said if line.startswith("dropped")]
+
+
+def test_records_of_another_reward_set_or_a_linked_images_folder_do_not_count(pipe, tmp_path, capsys):
+    config = rb.BatchConfig(n=2, rewards={"red": 1.0}, batch_size=2)
+    rb.run_batch(pipe, PROMPTS[:1], tmp_path / "out", config, rewards=_fakes("red"), call_kwargs=CALL,
+                 progress=False)  # fmt: skip
+    out = tmp_path / "out"
+    assert sorted(rb.load_records(out, PROMPTS[:1], config)) == [(0, 0), (0, 1)]
+    other = rb.BatchConfig(n=2, rewards={"blue": 1.0}, batch_size=2)
+    assert rb.load_records(out, PROMPTS[:1], other) == {}
+    assert rb.load_records(out, PROMPTS[1:2], config) == {}  # another prompt at index 0
+    shutil.move(out / "images", tmp_path / "elsewhere")
+    (out / "images").symlink_to(tmp_path / "elsewhere")  # every image now resolves outside the folder
+    assert rb.load_records(out, PROMPTS[:1], config) == {}
+    assert len(rb.load_records(out, PROMPTS[:1], config, require_images=False)) == 2
+    with pytest.raises(ValueError, match="images.*links outside the output folder"):
+        rb.run_batch(pipe, PROMPTS[:1], out, config, rewards=_fakes("red"), call_kwargs=CALL, progress=False)
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "images").symlink_to(tmp_path / "elsewhere")
+    assert main(["batch", str(_prompts_file(tmp_path)), "-o", str(tmp_path / "cli"), *SIZE]) == 2
+    err = _error(capsys)
+    assert "-o/--output" in err and "images" in err and "links outside the output folder" in err, err
+
+
 def test_resume_with_other_arguments_is_refused(pipe, tmp_path):
     config = rb.BatchConfig(n=2, rewards={"red": 1.0}, batch_size=2)
     kwargs = dict(rewards=_fakes("red", "blue"), progress=False)
@@ -326,6 +412,95 @@ def test_cli_batch_with_the_default_shapes_clip_reward(tmp_path):
                                                                             abs=1e-4)  # fmt: skip
 
 
+# ---- one run per folder -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _held_by_another_thread(out):
+    """Hold `out` as another run would: `lock_output` from another thread (its own handle on the lock file)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with rb.lock_output(out):
+            held.set()
+            release.wait(120)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(30)
+
+
+def test_no_wait_refuses_a_held_folder_naming_it_and_the_pid(pipe, tmp_path, fake_rewards, capsys):
+    out = tmp_path / "out"
+    config = rb.BatchConfig(n=1, rewards={"red": 1.0}, batch_size=1)
+    kwargs = dict(rewards=_fakes("red"), call_kwargs=CALL, progress=False)
+    args = ["batch", str(_prompts_file(tmp_path, PROMPTS[:1])), "--n", "1", "--rewards", "red", "-o", str(out), *SIZE]
+    with _held_by_another_thread(out):
+        assert (out / rb.LOCK_FILE).read_text().strip() == str(os.getpid())
+        with pytest.raises(rb.OutputLockedError) as e:
+            rb.run_batch(pipe, PROMPTS[:1], out, config, wait=False, **kwargs)
+        assert e.value.pid == os.getpid() and e.value.out_dir == out
+        assert str(out) in str(e.value) and f"pid {os.getpid()}" in str(e.value)
+        assert main([*args, "--no-wait"]) == 1
+        err = _error(capsys)
+        assert "-o/--output" in err and str(out) in err and f"pid {os.getpid()}" in err, err
+        assert not rb.shard_paths(out) and not list(out.glob("images/*"))
+    result = rb.run_batch(pipe, PROMPTS[:1], out, config, wait=False, **kwargs)  # released: runs
+    assert result.generated == 1 and (out / rb.LOCK_FILE).exists()
+    with rb.lock_output(out, wait=False), rb.lock_output(out, wait=False):  # re-entrant within a thread
+        pass
+
+
+def test_two_runs_started_together_on_one_folder_make_each_candidate_once(tmp_path):
+    prompts, out = _prompts_file(tmp_path), tmp_path / "out"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, str(driver), "batch", str(prompts), "--n", "2", "--rewards", "blue", "--batch-size",
+               "2", "-o", str(out), *SIZE]  # fmt: skip
+    waiting = f"waiting for another unbottle batch run on {out} (pid {os.getpid()}) to finish"
+    runs, readers, outputs = [], [], [[], []]
+    with _held_by_another_thread(out):  # both start against a held folder, so both wait, then race for it
+        for k in range(2):
+            runs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True, start_new_session=True))  # fmt: skip
+            readers.append(threading.Thread(target=lambda k=k: outputs[k].extend(runs[k].stdout), daemon=True))
+            readers[-1].start()
+        deadline = time.monotonic() + 120
+        try:
+            while not all(waiting in "".join(o) for o in outputs):
+                assert all(r.poll() is None for r in runs), outputs
+                assert time.monotonic() < deadline, outputs
+                time.sleep(0.05)
+        except BaseException:
+            for r in runs:
+                _kill_tree(r)
+            raise
+    try:
+        codes = [r.wait(timeout=120) for r in runs]
+    finally:
+        for r in runs:
+            _kill_tree(r)
+    for reader in readers:
+        reader.join(30)
+    texts = ["".join(o) for o in outputs]
+    assert codes == [0, 0], texts
+    assert [t.count("waiting for another unbottle batch run") for t in texts] == [1, 1]  # said once each
+    assert sorted(re.search(r"\((\d+) from before\)", t).group(1) for t in texts) == ["0", "6"], texts
+    pairs = [(i, j) for i in range(3) for j in range(2)]
+    assert sorted((r["prompt_index"], r["candidate"]) for r in _shard_lines(out)) == pairs  # each once
+    merged = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [(r["prompt_index"], r["candidate"]) for r in merged] == pairs
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(rb.image_name(i, j)).name
+                                                                        for i, j in pairs)  # fmt: skip
+    assert all(_pixels(out / r["image"]).shape == (32, 32, 3) for r in merged)
+
+
 # ---- SIGKILL, resume, several processes ---------------------------------------------------------------------------
 
 
@@ -390,7 +565,8 @@ def test_sigkill_of_two_processes_then_resume_in_one_matches_a_clean_run(tmp_pat
     assert 3 <= len(before) < total and {r["process"] for r in before} == {0, 1}
     assert not (out / "index.html").exists()
 
-    assert main(["batch", *common, "-o", str(out)]) == 0  # resume with one process
+    # resume with one process; --no-wait: the killed launch left nothing that holds the folder
+    assert main(["batch", *common, "-o", str(out), "--no-wait"]) == 0
     assert main(["batch", *common, "-o", str(clean)]) == 0  # the same batch, never interrupted
     records = _shard_lines(out)
     pairs = [(r["prompt_index"], r["candidate"]) for r in records]

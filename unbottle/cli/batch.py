@@ -4,16 +4,20 @@
     accelerate launch --num_processes 8 -m unbottle batch prompts.txt --model ID -o out      # one GPU each
     accelerate launch --multi_gpu --num_processes 2 -m unbottle batch prompts.txt -o out     # 2 CPU processes
 
-Run the same command again to resume. Candidate j of every prompt uses seed `--seed + j`; with `--batch-size 1` it
-is exactly `unbottle image PROMPT --seed S` with the same model and settings (see `unbottle.pipelines.reward_batch`
-for the files written and the numerics of larger batches). On CPUs, accelerate 1.x starts several local processes
-only with `--multi_gpu` (its `--cpu` launcher starts one); the verb then talks gloo between them.
+Run the same command again to resume; a second run on the same -o folder waits for the first to finish, then resumes
+(with `--no-wait` it refuses instead, exit 1, naming the folder and the running pid). Candidate j of every prompt
+uses seed `--seed + j`; with `--batch-size 1` it is exactly `unbottle image PROMPT --seed S` with the same model and
+settings (see `unbottle.pipelines.reward_batch` for the files written, what a resume trusts, and the numerics of
+larger batches). On CPUs, accelerate 1.x starts several local processes only with `--multi_gpu` (its `--cpu`
+launcher starts one); the verb then talks gloo between them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from .errors import RunError, UsageError
@@ -31,9 +35,10 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
     """The batch verb's options beyond DESIGN's, consistent with `unbottle image`'s."""
     from . import _positive_int as positive_int
     from . import _run_options as run_options
+    from . import _seed as seed
 
     sub.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of candidate 0; candidate j uses seed + j (default 0)")
+    sub.add_argument("--seed", type=seed, default=0, help="seed of candidate 0; candidate j uses seed + j (default 0)")
     sub.add_argument("--steps", type=positive_int("--steps"), help="denoising steps (default: the model's)")
     sub.add_argument("--height", type=positive_int("--height"), help="pixels (default: the model's)")
     sub.add_argument("--width", type=positive_int("--width"), help="pixels (default: the model's)")
@@ -41,6 +46,8 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--negative-prompt", help="negative prompt, for models that take one")
     sub.add_argument("--batch-size", type=positive_int("--batch-size"), default=4,
                      help="images per pipeline call (default 4; 1 = `unbottle image` bit for bit)")  # fmt: skip
+    sub.add_argument("--no-wait", action="store_true",
+                     help="refuse, instead of waiting, while another batch run writes the -o folder")  # fmt: skip
     run_options(sub)
 
 
@@ -76,11 +83,14 @@ def _output_dir(path: str) -> Path:
         raise UsageError(f"-o/--output: {str(out)!r} is a file; give a folder (it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".unbottle-write-probe"
+        probe = out / f".unbottle-write-probe.{os.getpid()}"  # one per process: runs may start together
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise RunError(f"-o/--output: cannot write to the folder {str(out)!r}: {e.strerror or e}") from e
+    images = out / "images"
+    if images.exists() and not images.resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"-o/--output: {str(images)!r} links outside the output folder; remove the link")
     return out
 
 
@@ -131,23 +141,33 @@ def run_from_cli(args: argparse.Namespace) -> int:
     if state.num_processes > 1:
         device = state.device
     say = (lambda text: print(text, file=sys.stderr)) if main else (lambda text: None)
-    where = default.description if default else args.model
-    procs = f", {state.num_processes} processes" if state.num_processes > 1 else ""
-    say(f"unbottle batch: loading {where} on {device} ({str(dtype).removeprefix('torch.')}){procs}")
-    pipe = load_pipeline(args.model, "image", device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)  # one bar over the candidates instead
-    if "prompt" not in call_parameters(pipe) or "num_inference_steps" not in call_parameters(pipe):
-        raise UsageError(f"--model: {type(pipe).__name__} is not a text-to-image or text-to-video pipeline")
-    check_size(pipe, height, width, 1 if is_video_pipeline(pipe) else None)
-    if args.negative_prompt is not None and "negative_prompt" not in call_parameters(pipe):
-        raise UsageError(f"--negative-prompt: {type(pipe).__name__} takes no negative prompt")
-    rewards = _load_rewards(config, device)
-    say(f"{len(prompts)} prompts × {config.n} candidates, rewards "
-        + ", ".join(f"{name} × {w:g}" for name, w in config.rewards))  # fmt: skip
-    result = rb.run_batch(pipe, prompts, out, config, rewards=rewards, call_kwargs=call, state=state, model=model,
-                          extra_identity={"dtype": str(dtype).removeprefix("torch.")}, progress=not args.quiet,
-                          log=say)  # fmt: skip
+    hold = ExitStack()
+    try:  # before the model loads: a second run waits here (or refuses) without taking memory
+        hold.enter_context(rb.lock_output(out, state, wait=not args.no_wait, log=say))
+    except (rb.OutputLockedError, OSError) as e:
+        raise RunError(f"-o/--output: {e}") from e
+    with hold:
+        where = default.description if default else args.model
+        procs = f", {state.num_processes} processes" if state.num_processes > 1 else ""
+        say(f"unbottle batch: loading {where} on {device} ({str(dtype).removeprefix('torch.')}){procs}")
+        pipe = load_pipeline(args.model, "image", device=device, dtype=dtype,
+                             trust_remote_code=args.trust_remote_code)  # fmt: skip
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)  # one bar over the candidates instead
+        if "prompt" not in call_parameters(pipe) or "num_inference_steps" not in call_parameters(pipe):
+            raise UsageError(f"--model: {type(pipe).__name__} is not a text-to-image or text-to-video pipeline")
+        check_size(pipe, height, width, 1 if is_video_pipeline(pipe) else None)
+        if args.negative_prompt is not None and "negative_prompt" not in call_parameters(pipe):
+            raise UsageError(f"--negative-prompt: {type(pipe).__name__} takes no negative prompt")
+        rewards = _load_rewards(config, device)
+        say(f"{len(prompts)} prompts × {config.n} candidates, rewards "
+            + ", ".join(f"{name} × {w:g}" for name, w in config.rewards))  # fmt: skip
+        try:
+            result = rb.run_batch(pipe, prompts, out, config, rewards=rewards, call_kwargs=call, state=state,
+                                  model=model, extra_identity={"dtype": str(dtype).removeprefix("torch.")},
+                                  progress=not args.quiet, log=say, wait=not args.no_wait)  # fmt: skip
+        except rb.ResumeMismatchError as e:  # a run that held the folder before this one started it otherwise
+            raise _mismatch(e, out) from e
     say(f"wrote {out / rb.INDEX_FILE} and {out / rb.RANKING_FILE}: {len(result.records)} candidates "
         f"({result.resumed} from before)")  # fmt: skip
     return 0

@@ -27,7 +27,20 @@ Combined score: `sum(weight * reward.unit(raw))` over the rewards (`unit` maps a
 
 Resuming: run again with the same arguments. Candidates with a JSONL line and an image are kept; everything else (an
 image without its line, a temporary file, a torn last line) is redone, so nothing is lost or duplicated. Other
-arguments than the recorded ones raise `ResumeMismatchError`. One run per folder at a time.
+arguments than the recorded ones raise `ResumeMismatchError`. Nothing read back is trusted: a line counts only if
+it matches this run (prompt index in range and its prompt's text, candidate in range, seed `seed + j`, the image
+path `images/p{i:05d}_c{j:02d}.png` naming a regular, non-empty file inside `out_dir` that is not a link, the run's
+reward names, finite scores or None, the combined score of its units); other lines are dropped, the run says how
+many and why through `log`, and their candidates are made again. Records are rebuilt from the checked fields, so
+only those reach the reports.
+
+One run per folder: a run holds `out_dir` from before it reads the shards until its reports are written, with an
+exclusive `flock` on `out_dir/.unbottle-batch.lock` (`lock_output`; the file holds the holder's pid and stays; the
+kernel releases the lock when its process ends, however it ends, so a killed run never blocks the next). A second
+run on the same folder waits for the first (saying "waiting for another unbottle batch run on DIR (pid N) to
+finish" once), then resumes and finds its work done; with `wait=False` (CLI `--no-wait`) it raises
+`OutputLockedError` naming the folder and the pid instead. Under `accelerate launch` only the main process locks;
+the others follow it, polling through broadcasts (no collective waits long enough to time out).
 
 Several processes (`accelerate launch`): pass the `accelerate.PartialState` (or let `run_batch` make one). The
 unfinished candidates are split between the processes with `split_between_processes` (contiguous runs, so a
@@ -45,7 +58,11 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +73,7 @@ import torch
 FORMAT = 1  # version of the files this module writes
 IMAGES = "images"
 RUN_FILE, SCORES_FILE, RANKING_FILE, INDEX_FILE = "run.json", "scores.jsonl", "ranking.json", "index.html"
+LOCK_FILE = ".unbottle-batch.lock"
 _SHARD = re.compile(r"scores\.rank(\d+)\.jsonl")
 _TMP = re.compile(r"\.tmp\d+$")  # `_write_atomic`'s temporary files: NAME.tmp{pid}
 _RESERVED = ("prompt", "generator", "output_type", "latents", "num_images_per_prompt", "num_videos_per_prompt")
@@ -263,57 +281,246 @@ def shard_paths(out_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _valid(record: Any, num_prompts: int | None, n: int | None) -> bool:
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _combine(units: Mapping[str, float | None], config: BatchConfig) -> float | None:
+    """The combined score `sum(weight * unit)`; None where it is not finite (a unit that was not)."""
+    total = sum(w * (math.nan if units[name] is None else units[name]) for name, w in config.rewards)
+    return _finite(total)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
+
+
+def _check_record(record: Any, root: Path, prompts: Sequence[str], config: BatchConfig,
+                  require_image: bool) -> tuple[str, None] | tuple[None, dict]:  # fmt: skip
+    """(why a shard record does not belong to this run, None) or (None, the record rebuilt from checked fields)."""
     if not isinstance(record, dict):
-        return False
+        return "not a record", None
     i, j = record.get("prompt_index"), record.get("candidate")
-    if not (_is_int(i) and _is_int(j) and isinstance(record.get("image"), str)):
-        return False
-    return (num_prompts is None or 0 <= i < num_prompts) and (n is None or 0 <= j < n)
+    if not (_is_int(i) and 0 <= i < len(prompts)):
+        return "prompt_index out of range", None
+    if record.get("prompt") != prompts[i]:
+        return "prompt text differs", None
+    if not (_is_int(j) and 0 <= j < config.n):
+        return "candidate out of range", None
+    seed = record.get("seed")
+    if not (_is_int(seed) and seed == config.seed_of(j)):
+        return "seed is not seed + candidate", None
+    name = image_name(i, j)
+    if record.get("image") != name:
+        return "image path not canonical", None
+    if require_image:
+        path = root / name
+        try:
+            info = path.lstat()
+        except OSError:
+            return "image missing", None
+        if stat.S_ISLNK(info.st_mode) or not _inside(path, root):
+            return "image is a link or outside the folder", None
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            return "image empty or not a file", None
+    names = [name for name, _ in config.rewards]
+    scores, units, combined = record.get("scores"), record.get("units"), record.get("combined")
+    for value in (scores, units):
+        if not (isinstance(value, dict) and sorted(value) == sorted(names)):
+            return "reward names differ", None
+    if not all(v is None or _number(v) for v in [*scores.values(), *units.values(), combined]):
+        return "scores not finite numbers or None", None
+    expected = _combine(units, config)
+    if (combined is None) != (expected is None) or (
+        combined is not None and not math.isclose(combined, expected, rel_tol=1e-9, abs_tol=1e-12)
+    ):
+        return "combined is not the weighted units", None
+    process = record.get("process")
+    if not (_is_int(process) and process >= 0):
+        return "process not an integer ≥ 0", None
+    return None, {
+        "prompt_index": int(i), "prompt": prompts[i], "candidate": int(j), "seed": int(seed),
+        "scores": {k: scores[k] for k in names}, "units": {k: units[k] for k in names}, "combined": combined,
+        "image": name, "process": int(process),
+    }  # fmt: skip
 
 
-_Scan = tuple[list[tuple[Path, list[bytes]]], dict[tuple[int, int], tuple[int, int, dict]]]
+@dataclass
+class _Scan:
+    shards: list[tuple[Path, list[bytes]]]  # every regular shard and its lines
+    chosen: dict[tuple[int, int], tuple[int, int, dict]]  # (prompt, candidate) → (shard, line, checked record)
+    dropped: dict[str, int]  # why lines were dropped → how many
+    links: list[Path]  # shards that are symbolic links (not read)
 
 
-def _scan(out_dir: Path, num_prompts: int | None, n: int | None, require_images: bool) -> _Scan:
-    """The shards' lines, and per (prompt, candidate) its last good line: (shard number, line number, record)."""
-    shards, chosen = [], {}
-    for s, path in enumerate(shard_paths(out_dir)):
+def _scan(out_dir: Path, prompts: Sequence[str], config: BatchConfig, require_images: bool) -> _Scan:
+    """The shards' lines, and per (prompt, candidate) its last line that checks out; the others' reasons."""
+    root = out_dir.resolve()
+    scan = _Scan([], {}, {}, [])
+    for path in shard_paths(out_dir):
+        if path.is_symlink():
+            scan.links.append(path)
+            continue
+        if not path.is_file():
+            continue
         lines = path.read_bytes().split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
-        shards.append((path, lines))
+        s = len(scan.shards)
+        scan.shards.append((path, lines))
         for k, line in enumerate(lines):
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
-            except ValueError:
-                continue  # a torn line: its candidate is made again
-            if not _valid(record, num_prompts, n):
+            except (ValueError, RecursionError):
+                reason, checked = "torn or not JSON", None
+            else:
+                reason, checked = _check_record(record, root, prompts, config, require_images)
+            if reason is not None:
+                scan.dropped[reason] = scan.dropped.get(reason, 0) + 1
                 continue
-            image = out_dir / record["image"]
-            if require_images and not (image.is_file() and image.stat().st_size > 0):
-                continue
-            chosen[record["prompt_index"], record["candidate"]] = (s, k, record)
-    return shards, chosen
+            scan.chosen[checked["prompt_index"], checked["candidate"]] = (s, k, checked)
+    return scan
 
 
-def load_records(out_dir: str | os.PathLike, num_prompts: int | None = None, n: int | None = None,
+def load_records(out_dir: str | os.PathLike, prompts: Sequence[str], config: BatchConfig,
                  require_images: bool = True) -> dict[tuple[int, int], dict]:  # fmt: skip
-    """Every finished candidate in all shards, keyed by (prompt index, candidate); torn or foreign lines skipped.
+    """Every finished candidate of this run in all shards, keyed by (prompt index, candidate).
 
-    With `require_images`, a record whose image file is missing does not count (it will be made again)."""
-    _, chosen = _scan(Path(out_dir), num_prompts, n, require_images)
-    return {key: record for key, (_, _, record) in chosen.items()}
+    A record counts only if it matches the run: its prompt index, prompt text, candidate, seed, canonical image
+    path and reward names, finite scores (or None) and the combined score of its units. With `require_images`, its
+    image must also be a regular, non-empty file inside `out_dir` (not a link). Records are rebuilt from the checked
+    fields only."""
+    scan = _scan(Path(out_dir), prompts, config, require_images)
+    return {key: record for key, (_, _, record) in scan.chosen.items()}
 
 
-def compact_shards(out_dir: str | os.PathLike, num_prompts: int | None = None, n: int | None = None) -> None:
-    """Rewrite the shards to one line per finished candidate: torn lines, lines without an image and repeats go."""
-    shards, chosen = _scan(Path(out_dir), num_prompts, n, require_images=True)
-    keep = {(s, k) for s, k, _ in chosen.values()}
-    for s, (path, lines) in enumerate(shards):
+def compact_shards(out_dir: str | os.PathLike, prompts: Sequence[str], config: BatchConfig) -> dict[str, int]:
+    """Rewrite the shards to one line per finished candidate; returns why lines were dropped → how many.
+
+    Torn lines, records that do not match the run (see `load_records`), lines without an image and repeats go;
+    shards that are symbolic links are removed. Call it only while holding the folder (`lock_output`)."""
+    scan = _scan(Path(out_dir), prompts, config, require_images=True)
+    keep = {(s, k) for s, k, _ in scan.chosen.values()}
+    for s, (path, lines) in enumerate(scan.shards):
         data = b"".join(line + b"\n" for k, line in enumerate(lines) if (s, k) in keep)
         if data != path.read_bytes():
             _write_atomic(path, lambda f, data=data: f.write(data))
+    for path in scan.links:
+        path.unlink(missing_ok=True)
+        scan.dropped["shard is a link"] = scan.dropped.get("shard is a link", 0) + 1
+    return scan.dropped
+
+
+# ---- one run per folder -------------------------------------------------------------------------------------------
+
+
+class OutputLockedError(RuntimeError):
+    """Another run holds the output folder and the caller would not wait; `out_dir` and `pid` (or None) name it."""
+
+    def __init__(self, out_dir: Path, pid: int | None) -> None:
+        self.out_dir, self.pid = out_dir, pid
+        super().__init__(
+            f"{str(out_dir)!r} is in use by another unbottle batch run ({_pid_text(pid)}); wait for it to finish, "
+            "or write to another output folder"
+        )
+
+
+def _pid_text(pid: int | None) -> str:
+    return f"pid {pid}" if pid is not None else "pid unknown"
+
+
+_POLL_S = 0.2  # how often a waiting run tries the lock
+_HELD: dict[tuple[str, int], list] = {}  # (folder, thread) → [lock file descriptor (None off the main process), depth]
+
+
+def _open_lock(out_dir: Path) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def _holder(fd: int) -> int | None:
+    """The pid the lock's holder wrote into the lock file, if it reads as one."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and 0 < int(text) < 2**31 else None
+
+
+def _acquire(out_dir: Path, state: Any, wait: bool, log: Callable[[str], None]) -> int | None:
+    """The main process takes the lock (polling, so that the other processes can follow it through broadcasts)."""
+    import fcntl
+
+    several = state is not None and state.num_processes > 1
+    main = state is None or state.is_main_process
+    fd, said = None, False
+    try:
+        while True:
+            status: tuple[str, int | None, str] = ("locked", None, "")
+            if main:
+                try:
+                    if fd is None:
+                        fd = _open_lock(out_dir)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                    except BlockingIOError:
+                        pid = _holder(fd)
+                        status = ("busy" if wait else "refused", pid, "")
+                        if wait and not said:
+                            log(f"waiting for another unbottle batch run on {out_dir} ({_pid_text(pid)}) to finish")
+                            said = True
+                except OSError as e:
+                    status = ("error", None, f"cannot lock {str(out_dir / LOCK_FILE)!r}: {e.strerror or e}")
+            if several:
+                from accelerate.utils import broadcast_object_list
+
+                status = tuple(broadcast_object_list([status])[0])
+            kind, pid, message = status
+            if kind == "locked":
+                return fd
+            if kind == "refused":
+                raise OutputLockedError(out_dir, pid)
+            if kind == "error":
+                raise OSError(message)
+            time.sleep(_POLL_S)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+
+
+@contextmanager
+def lock_output(out_dir: str | os.PathLike, state: Any = None, *, wait: bool = True,
+                log: Callable[[str], None] | None = None) -> Iterator[None]:  # fmt: skip
+    """Hold `out_dir` for one batch run: an exclusive `flock` on `out_dir/.unbottle-batch.lock`.
+
+    Only the main process of `state` locks; the others follow it. If another run holds the folder, wait for it
+    (saying so once through `log`) or, with `wait=False`, raise `OutputLockedError`. Re-entrant within a thread."""
+    out_dir = Path(out_dir).expanduser()
+    key = (os.path.realpath(out_dir), threading.get_ident())
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    fd = _acquire(out_dir, state, wait, log or (lambda _: None))
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        if fd is not None:
+            os.close(fd)  # releases the lock; the file stays (removing it would race with a run opening it)
 
 
 # ---- ranking and reports ------------------------------------------------------------------------------------------
@@ -395,7 +602,7 @@ def write_reports(out_dir: str | os.PathLike, prompts: Sequence[str], config: Ba
     """Write `scores.jsonl`, `ranking.json` and `index.html` from the shards; returns (records, ranking)."""
     out_dir = Path(out_dir)
     if records is None:
-        records = load_records(out_dir, len(prompts), config.n)
+        records = load_records(out_dir, prompts, config)
     ordered, ranking = rank_records(records, prompts)
     _write_text(out_dir / SCORES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
     summary = {"format": FORMAT, "n": config.n, "seed": config.seed, "rewards": config.weights,
@@ -444,12 +651,9 @@ class _Scorer:
             raw[name], unit[name] = scores.cpu().tolist(), units.cpu().tolist()
         rows = []
         for b in range(len(prompts)):
-            combined = sum(w * unit[name][b] for name, w in self.config.rewards)
-            rows.append({
-                "scores": {k: _finite(v[b]) for k, v in raw.items()},
-                "units": {k: _finite(v[b]) for k, v in unit.items()},
-                "combined": _finite(combined),
-            })  # fmt: skip
+            units = {k: _finite(v[b]) for k, v in unit.items()}
+            rows.append({"scores": {k: _finite(v[b]) for k, v in raw.items()}, "units": units,
+                         "combined": _combine(units, self.config)})  # fmt: skip
         return rows
 
 
@@ -525,6 +729,7 @@ def run_batch(
     extra_identity: Mapping[str, Any] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    wait: bool = True,
 ) -> BatchResult:
     """Generate `config.n` candidates per prompt, score, rank and write them to `out_dir`, resuming a previous run.
 
@@ -532,8 +737,9 @@ def run_batch(
     -> (B,)`, optionally with `.unit`); names not given are loaded with `unbottle.load_reward` on the process's
     device. `call_kwargs` go to every pipeline call (steps, size, guidance, ...). `state` is accelerate's
     `PartialState` (default: `make_state` for the pipeline's device); with several processes each process runs on
-    `state.device`. `model` and `extra_identity` are recorded in `run.json` and must match on resume. Every process
-    returns the same merged result."""
+    `state.device`. `model` and `extra_identity` are recorded in `run.json` and must match on resume. The run holds
+    `out_dir` throughout (`lock_output`): if another run holds it, this one waits for it (`wait=False`: raises
+    `OutputLockedError`). Every process returns the same merged result."""
     config = config or BatchConfig()
     prompts = [str(p) for p in prompts]
     if not prompts:
@@ -559,6 +765,18 @@ def run_batch(
 
             models[name] = unbottle.load_reward(name, device=device)
     scorer = _Scorer(config, models, device)
+    with lock_output(out_dir, state, wait=wait, log=say):
+        return _run_locked(pipe, prompts, out_dir, config, scorer, call_kwargs, video, state, identity, progress,
+                           say)  # fmt: skip
+
+
+def _run_locked(pipe: object, prompts: list[str], out_dir: Path, config: BatchConfig, scorer: _Scorer,
+                call_kwargs: dict, video: bool, state: Any, identity: dict, progress: bool,
+                say: Callable[[str], None]) -> BatchResult:  # fmt: skip
+    """`run_batch` while this run holds the output folder."""
+    check_resume(out_dir, identity)  # again: a run that held the folder meanwhile may have started it
+    if not _inside(out_dir / IMAGES, out_dir.resolve()):
+        raise ValueError(f"{str(out_dir / IMAGES)!r} links outside the output folder; remove the link")
     if state.is_main_process:
         (out_dir / IMAGES).mkdir(parents=True, exist_ok=True)
         if not (out_dir / RUN_FILE).exists():
@@ -567,10 +785,14 @@ def run_batch(
             for tmp in folder.glob("*.tmp*"):
                 if _TMP.search(tmp.name):
                     tmp.unlink(missing_ok=True)
-        compact_shards(out_dir, len(prompts), config.n)  # before anyone appends: one line per finished candidate
+        dropped = compact_shards(out_dir, prompts, config)  # before anyone appends: one line per finished candidate
+        if dropped:
+            count = sum(dropped.values())
+            reasons = ", ".join(f"{reason}: {k}" for reason, k in sorted(dropped.items(), key=lambda x: -x[1]))
+            say(f"dropped {count} record{'s' if count != 1 else ''} of {out_dir} that do not match this run "
+                f"({reasons}); their candidates are made again")  # fmt: skip
     state.wait_for_everyone()
-    check_resume(out_dir, identity)
-    done = load_records(out_dir, len(prompts), config.n)
+    done = load_records(out_dir, prompts, config)
     state.wait_for_everyone()  # all have read the shards before anyone appends
     pending = [(i, j) for i in range(len(prompts)) for j in range(config.n) if (i, j) not in done]
     total = len(prompts) * config.n
@@ -603,7 +825,7 @@ def run_batch(
                     bar.update(1)
         bar.close()
     state.wait_for_everyone()
-    records = load_records(out_dir, len(prompts), config.n)
+    records = load_records(out_dir, prompts, config)
     if state.is_main_process:
         ordered, ranking = write_reports(out_dir, prompts, config, records)
     else:
@@ -618,11 +840,13 @@ __all__ = [
     "BatchConfig",
     "BatchConfigError",
     "BatchResult",
+    "OutputLockedError",
     "ResumeMismatchError",
     "check_resume",
     "compact_shards",
     "image_name",
     "load_records",
+    "lock_output",
     "make_state",
     "prompts_hash",
     "rank_records",
