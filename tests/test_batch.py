@@ -374,7 +374,7 @@ def test_cli_batch_writes_resumes_and_refuses_changed_arguments(tmp_path, fake_r
     [
         (["--rewards", "red:x"], "--rewards"),
         (["--rewards", "nope"], "--rewards"),
-        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**63 - 1)], "--seed"),  # candidate j > 0 would pass the largest seed
         (["--height", "33"], "--height"),
     ],
 )

@@ -9,6 +9,8 @@ full-tile block structure, see notes), and the reference where that fails.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -34,8 +36,21 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMa
     return out, lse
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> tuple:
-    """Raise ValueError naming the mismatch; the (head dim, value dim, dtype, block sizes) key of the inputs."""
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None) -> tuple:
+    """Raise TypeError/ValueError naming the bad argument; the (head dim, value dim, dtype, block sizes) key."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, N, D), got {type(x).__name__}")
+    if not isinstance(block_mask, BlockMask):
+        raise TypeError(
+            "block_mask must be a FlexAttention BlockMask (from torch.nn.attention.flex_attention.create_block_mask), "
+            f"got {type(block_mask).__name__}"
+        )
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be a number or None (= 1/sqrt(D)), got {type(scale).__name__}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape[:-1] + (k.shape[-1],) or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
@@ -54,7 +69,7 @@ def block_sparse_attention(
 
     Returns the output and, with `return_lse`, the natural-log log-sum-exp of each row's kept scores (B, H, Nq).
     """
-    key = _check(q, k, v, block_mask)
+    key = _check(q, k, v, block_mask, scale)
     if q.is_cuda and k.shape[2] >= TRITON_MIN_KEYS and v.shape[-1] == q.shape[-1] and key not in _triton_refused:
         from .kernels.block_sparse_fwd import block_sparse_attention_triton, use_tma
 
@@ -76,7 +91,7 @@ def block_sparse_attention_flex(
     return_lse: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """`block_sparse_attention` without our Triton kernel: compiled FlexAttention on CUDA, else the reference."""
-    key = _check(q, k, v, block_mask)
+    key = _check(q, k, v, block_mask, scale)
     out = None
     if q.is_cuda and key not in _flex_refused:
         try:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 PATTERNS = ("cached", "dynamic", "window")
+MAX_BLOCK_SIZE = 4096  # tokens per block: 32× FlexAttention's 128-token tile
 
 
 def _number(name: str, value: object) -> float:
@@ -45,7 +46,7 @@ class SparseAttentionConfig:
         density = _number("density", self.density)
         if not 0.0 < density <= 1.0:
             raise ValueError(f"SparseAttentionConfig.density must be in (0, 1], got {self.density}")
-        _integer("block_size", self.block_size, 1, 4096)
+        _integer("block_size", self.block_size, 1, MAX_BLOCK_SIZE)
         if not isinstance(self.pattern, str) or self.pattern not in PATTERNS:
             raise ValueError(f"SparseAttentionConfig.pattern must be one of {PATTERNS}, got {self.pattern!r}")
         if not isinstance(self.reshape, bool):

@@ -297,6 +297,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
     """`unbottle bench quality`: run on CUDA if present (else CPU), print the markdown table, write both files."""
     from ..cli.bottleneck import parse_stages
     from ..cli.errors import UsageError
+    from ..cli.output import prepare_output_folder, remove_empty_folders
 
     stages = tuple(tuple(parse_stages(text, "--stages")) for text in args.stages)  # UsageError naming the stage
     try:
@@ -308,8 +309,14 @@ def run_from_cli(args: argparse.Namespace) -> int:
                                  noise_search=tuple(parse_noise_search(args.noise)) if args.noise else ())  # fmt: skip
     except ValueError as e:
         raise UsageError(f"bench quality: {e}") from e
+    created: list[Path] = []
+    out_dir = prepare_output_folder(args.output, created)  # before the run: a bad -o loses no work
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = run_quality(options, device=device)
-    _, md_path = write_outputs(results, Path(args.output))
+    try:
+        results = run_quality(options, device=device)
+        _, md_path = write_outputs(results, out_dir)
+    except BaseException:  # a failed or interrupted run takes back the empty folders that -o made
+        remove_empty_folders(created)
+        raise
     print(md_path.read_text())
     return 0

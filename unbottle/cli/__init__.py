@@ -10,6 +10,7 @@ import math
 import sys
 import warnings
 
+from ..attention_processors.config import MAX_BLOCK_SIZE
 from .bottleneck import STAGES_HELP, check_bottleneck_args, make_sampler
 from .errors import CLIError, UsageError
 from .features import check_feature_flags
@@ -18,18 +19,58 @@ from .noise import make_search_runner
 # verbs whose feature has not landed yet: (feature, issue that delivers it)
 PENDING_VERBS: dict[str, tuple[str, int]] = {}
 
+MAX_SEED = 2**63 - 1  # seeds are signed 64-bit, as torch.Generator, BatchConfig and NoiseSearchConfig take them
+MAX_STEPS = 1000  # denoising steps: the training timesteps of diffusers' schedulers
+MAX_GEN_LENGTH = 8192  # generated tokens (and text steps: a diffusion LM fixes at least one token a step)
+# the largest value of the count options that have one, on every verb that takes them
+UPPER_BOUNDS = {"--steps": MAX_STEPS, "--gen-length": MAX_GEN_LENGTH, "--sparse-block-size": MAX_BLOCK_SIZE}
 
-def _positive_int(name: str):
+
+def _positive_int(name: str, high: int | None = None):
+    high = high if high is not None else UPPER_BOUNDS.get(name)
+    allowed = "≥ 1" if high is None else f"in [1, {high}]"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer ≥ 1, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer ≥ 1, got {value}")
+            raise argparse.ArgumentTypeError(f"{name} must be an integer {allowed}, got {text!r}") from None
+        if value < 1 or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{name} must be an integer {allowed}, got {value}")
         return value
 
     return parse
+
+
+def _seed(text: str) -> int:
+    """`--seed` of every verb: an integer in [0, 2**63 − 1]."""
+    allowed = f"--seed must be an integer in [0, 2**63 − 1] = [0, {MAX_SEED}]"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{allowed}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{allowed}, got {value}")
+    return value
+
+
+def _guidance_error(value: object) -> str | None:
+    """The message for a guidance scale that is not a finite number ≥ 0, else None."""
+    if isinstance(value, float) and math.isfinite(value) and value >= 0.0:
+        return None
+    return f"--guidance-scale must be a finite number ≥ 0, got {value}"
+
+
+def _guidance_scale(text: str) -> float:
+    """`--guidance-scale`: a finite number ≥ 0 (NaN or inf would silently disable or break the guidance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(_guidance_error(text)) from None
+    error = _guidance_error(value)
+    if error:
+        raise argparse.ArgumentTypeError(error)
+    return value
 
 
 def _density(text: str) -> float:
@@ -47,14 +88,16 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
     sub.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
     sub.add_argument("-o", "--output", default="unbottle.mp4" if video else "unbottle.png",
                      help="output file (.mp4)" if video else "output file (.png, .jpg, .webp)")  # fmt: skip
-    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sub.add_argument("--steps", type=_positive_int("--steps"), help="denoising steps (default: the model's)")
+    sub.add_argument("--seed", type=_seed, default=0, help="random seed in [0, 2**63 − 1] (default 0)")
+    sub.add_argument("--steps", type=_positive_int("--steps"),
+                     help=f"denoising steps, ≤ {MAX_STEPS} (default: the model's)")  # fmt: skip
     sub.add_argument("--height", type=_positive_int("--height"), help="pixels (default: the model's)")
     sub.add_argument("--width", type=_positive_int("--width"), help="pixels (default: the model's)")
     if video:
         sub.add_argument("--frames", type=_positive_int("--frames"), help="number of frames (default: the model's)")
         sub.add_argument("--fps", type=_positive_int("--fps"), default=8, help="frames per second of the MP4")
-    sub.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the model's)")
+    sub.add_argument("--guidance-scale", type=_guidance_scale,
+                     help="classifier-free guidance scale ≥ 0 (default: the model's)")  # fmt: skip
     sub.add_argument("--negative-prompt", help="negative prompt, for models that take one")
     _run_options(sub)
     sub.add_argument("--sparse", type=_density, metavar="DENSITY", help="sparse attention at this block density")
@@ -62,7 +105,8 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
                      help="which blocks: cached (SparseD, default), dynamic, window")  # fmt: skip
     sub.add_argument("--no-reshape", action="store_true", help="no Re-ttention statistical reshape")
     sub.add_argument("--sparse-block-size", type=_positive_int("--sparse-block-size"),
-                     help="tokens per block (default 128; the embedded default model uses 4)")  # fmt: skip
+                     help=f"tokens per block, ≤ {MAX_BLOCK_SIZE} (default 128; the embedded default models use 16 "
+                     "for images, 64 for videos)")  # fmt: skip
     sub.add_argument("--bottleneck", metavar="PRESET",
                      help="bottleneck (high-low-high) sampling preset: flux-2x, flux-3x, hunyuanvideo-2.5x, wan-2x, "
                      "wan-3x, sd3-2x")  # fmt: skip
@@ -102,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("prompt", help="the text prompt")
     text.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
     text.add_argument("--gen-length", type=_positive_int("--gen-length"),
-                      help="tokens to generate (default: 4 on the embedded retrieval model, else 16)")  # fmt: skip
-    text.add_argument("--steps", type=_positive_int("--steps"), help="denoising steps (default: the model's)")
-    text.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                      help=f"tokens to generate, ≤ {MAX_GEN_LENGTH} and the model's positions (default: 4 on the "
+                      "embedded retrieval model, else 16)")  # fmt: skip
+    text.add_argument("--steps", type=_positive_int("--steps", MAX_GEN_LENGTH),
+                      help=f"denoising steps, ≤ {MAX_GEN_LENGTH} (default: the model's)")  # fmt: skip
+    text.add_argument("--seed", type=_seed, default=0, help="random seed in [0, 2**63 − 1] (default 0)")
     text.add_argument("-o", "--output", help="also write the text to this file")
     text.add_argument("--sparse", type=_density, metavar="DENSITY", help="SparseD sparse attention at this density")
     _run_options(text)
@@ -156,15 +202,25 @@ def _device_and_dtype(args: argparse.Namespace):
     return device, dtype
 
 
+def _check_search_seeds(args: argparse.Namespace) -> None:
+    """`--explore N` runs seeds --seed … --seed + N − 1: all of them must be valid seeds (checked before loading)."""
+    explore = getattr(args, "explore", None)
+    if explore is not None and args.seed + explore - 1 > MAX_SEED:
+        raise UsageError(
+            f"--seed/--explore: --explore {explore} runs seeds {args.seed} … {args.seed + explore - 1}, past the "
+            f"largest seed 2**63 − 1 = {MAX_SEED}; use --seed ≤ {MAX_SEED - explore + 1}"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from ..defaults import EMBEDDED
-    from .loading import load_pipeline
-    from .output import IMAGE_SUFFIXES, VIDEO_SUFFIXES, prepare_output
+    from .output import IMAGE_SUFFIXES, VIDEO_SUFFIXES, prepare_output, remove_empty_folders
 
     pending = args.verb if args.verb == "batch" else f"bench {args.suite}" if args.verb == "bench" else None
     if pending in PENDING_VERBS:
         feature, issue = PENDING_VERBS[pending]
         raise UsageError(f"{feature} is not available yet (issue #{issue})")
+    if getattr(args, "guidance_scale", None) is not None and _guidance_error(args.guidance_scale):
+        raise UsageError(_guidance_error(args.guidance_scale))  # batch's option, parsed as a plain float
     if args.verb == "bench" and args.suite == "quality":  # the shapes testbed (issue #4): CPU or GPU
         from ..bench.quality import run_from_cli as run_quality
 
@@ -194,8 +250,22 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("PROMPT must not be empty")
 
     stages = check_bottleneck_args(args) if args.verb != "text" else None
+    _check_search_seeds(args)
     suffixes = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES, "text": None}[args.verb]
-    output = prepare_output(args.output, suffixes) if args.output else None
+    created: list = []
+    output = prepare_output(args.output, suffixes, created) if args.output is not None else None
+    try:
+        return _generate(args, output, stages)
+    except BaseException:  # a failed or interrupted run takes back the empty folders that -o made
+        remove_empty_folders(created)
+        raise
+
+
+def _generate(args: argparse.Namespace, output: object, stages: list | None) -> int:
+    """Load the model and generate with the checked options; write `output` (a Path, or None for text)."""
+    from ..defaults import EMBEDDED
+    from .loading import load_pipeline
+
     device, dtype = _device_and_dtype(args)
     default = EMBEDDED[args.verb] if args.model is None else None
     where = default.description if default else args.model
@@ -239,20 +309,21 @@ def _run(args: argparse.Namespace) -> int:
 def _enable_sparse(pipe: object, args: argparse.Namespace, default: object | None) -> None:
     import unbottle
 
-    if args.verb == "text":  # SparseD on the diffusion LM (pipe.model), through transformers' AttentionInterface
-        steps = args.steps if args.steps is not None else (default.steps if default else None)
-        # 20% dense steps, as a count when the steps are known (the stock pipeline announces no steps), blocks of
-        # 32 tokens on the embedded 1,024-token model (SparseD's short-context setting), 128 otherwise; no reshape
-        config = unbottle.SparseAttentionConfig(
-            density=args.sparse, block_size=32 if default else 128, pattern="cached", reshape=False,
-            full_steps=max(1, round(0.2 * steps)) if steps else 0.2,
-        )  # fmt: skip
-    else:
-        block = args.sparse_block_size or (default.sparse_block_size if default else 128)
-        config = unbottle.SparseAttentionConfig(
-            density=args.sparse, pattern=args.sparse_pattern, reshape=not args.no_reshape, block_size=block
-        )
     try:
+        if args.verb == "text":  # SparseD on the diffusion LM (pipe.model), through transformers' AttentionInterface
+            steps = args.steps if args.steps is not None else (default.steps if default else None)
+            # 20% dense steps, as a count when the steps are known (the stock pipeline announces no steps),
+            # blocks of 32 tokens on the embedded 1,024-token model (SparseD's short-context setting), 128
+            # otherwise; no reshape
+            config = unbottle.SparseAttentionConfig(
+                density=args.sparse, block_size=32 if default else 128, pattern="cached", reshape=False,
+                full_steps=max(1, round(0.2 * steps)) if steps else 0.2,
+            )  # fmt: skip
+        else:
+            block = args.sparse_block_size or (default.sparse_block_size if default else 128)
+            config = unbottle.SparseAttentionConfig(
+                density=args.sparse, pattern=args.sparse_pattern, reshape=not args.no_reshape, block_size=block
+            )
         handle = unbottle.enable_sparse_attention(pipe, config)
     except ValueError as e:
         raise UsageError(f"--sparse: {e}") from e

@@ -135,6 +135,32 @@ def _generate_dlm_text(pipe: object, prompt: str, gen_length: int, steps: int | 
     return out.texts[0]
 
 
+def _max_positions(pipe: object) -> int | None:
+    """The positions the pipeline's language model takes (its config's `max_position_embeddings`), if it says."""
+    config = getattr(getattr(pipe, "model", None), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+
+def check_gen_length(pipe: object, prompt: str, gen_length: int) -> None:
+    """Raise a UsageError naming --gen-length when the prompt's tokens plus `gen_length` exceed the model's length."""
+    limit = _max_positions(pipe)
+    if limit is None:
+        return
+    tokenizer = getattr(pipe, "tokenizer", None)
+    try:
+        prompt_tokens = len(tokenizer(prompt)["input_ids"]) if tokenizer is not None else 0
+    except (TypeError, KeyError, ValueError):  # a tokenizer of another kind: the generated tokens alone
+        prompt_tokens = 0
+    if prompt_tokens + gen_length > limit:
+        model = type(getattr(pipe, "model", pipe)).__name__
+        counted = f"the prompt's {prompt_tokens} tokens + " if prompt_tokens else ""
+        raise UsageError(
+            f"--gen-length {gen_length}: {counted}{gen_length} generated exceed the {limit} positions of {model}; "
+            f"use --gen-length ≤ {max(limit - prompt_tokens, 0)}"
+        )
+
+
 def generate_text(pipe: object, prompt: str, *, gen_length: int | None = None, steps: int | None = None,
                   seed: int = 0, **extra: object) -> str:  # fmt: skip
     """Generate text with a diffusers text-diffusion pipeline (DiffusionGemmaPipeline, LLaDA2Pipeline) or a
@@ -144,10 +170,14 @@ def generate_text(pipe: object, prompt: str, *, gen_length: int | None = None, s
     from ..pipelines.diffusion_lm import DiffusionLMPipeline
 
     if isinstance(pipe, DiffusionLMPipeline):
-        return _generate_dlm_text(pipe, prompt, gen_length if gen_length is not None else 16, steps, seed)
+        gen_length = gen_length if gen_length is not None else 16
+        check_gen_length(pipe, prompt, gen_length)
+        return _generate_dlm_text(pipe, prompt, gen_length, steps, seed)
     params = call_parameters(pipe)
     if "gen_length" not in params:
         raise UsageError(f"--model: {type(pipe).__name__} is not a text-diffusion pipeline; use `unbottle image`")
+    if gen_length is not None:
+        check_gen_length(pipe, prompt, gen_length)
     kwargs = {"prompt": prompt, "generator": torch.Generator().manual_seed(seed), "output_type": "text", **extra}
     if gen_length is not None:
         kwargs["gen_length"] = gen_length

@@ -372,7 +372,9 @@ _NAMED: dict[str, Callable[[str], list[str]]] = {"stanza": _stanza, "spacy": _sp
 
 def noun_phrases(prompt: str, parser: str = "auto") -> list[str]:
     """Noun phrases of `prompt` at every nesting level, in pre-order (the NP nodes of Feng et al. 2023, SDG)."""
-    if parser not in PARSERS:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if not isinstance(parser, str) or parser not in PARSERS:
         raise ValueError(f"unknown parser {parser!r}; expected one of {', '.join(PARSERS)}")
     if parser != "auto":
         return _NAMED[parser](prompt)
