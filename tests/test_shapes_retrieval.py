@@ -89,6 +89,27 @@ def test_too_short_is_refused():
     retrieval.make_example(random.Random(0), retrieval.MIN_LENGTH)
 
 
+@pytest.mark.parametrize("answer_length", [2, 4, 9])
+def test_padded_answers_end_in_eos_and_keep_the_length(answer_length, tok):
+    rng = random.Random(21)
+    padded = [retrieval.make_example(rng, 256, answer_length) for _ in range(30)]
+    for prompt, answer in padded:
+        words = answer.split()
+        n = len(retrieval.answer_value(answer).split())
+        assert len(words) == max(n, answer_length) and words[n:] == [retrieval.EOS] * (len(words) - n)
+        assert retrieval.EOS not in words[:n] and all(w in retrieval.VALUES for w in words[:n])
+        assert len(tok(prompt)["input_ids"]) + len(tok(answer)["input_ids"]) == 256
+        assert tok(answer)["input_ids"][n:] == [tok.eos_token_id] * (len(words) - n)
+        assert retrieval.answer_of(prompt) == retrieval.answer_value(answer)  # the prompt still holds the answer
+    assert {len(retrieval.answer_value(a).split()) for _, a in padded} == {2, 3, 4}
+
+
+def test_padding_that_leaves_no_prompt_is_refused():
+    with pytest.raises(ValueError, match=r"answer_length=20 .* at least 32"):
+        retrieval.make_example(random.Random(0), 31, 20)
+    assert len(retrieval.make_example(random.Random(0), 32, 20)[1].split()) == 20
+
+
 # --- tokenizer and score ---
 
 
@@ -123,6 +144,10 @@ def test_score_is_exact_match():
     assert not retrieval.score("v7 v42 v199", "v42 v7 v199")  # order matters
     assert not retrieval.score("v42 v7 v198", "v42 v7 v199")
     assert not retrieval.score("", "v42 v7")
+    eos = retrieval.EOS
+    assert retrieval.score(f"v42 v7 {eos} {eos}", f"v42 v7 {eos}")  # the value is what counts, up to the first EOS
+    assert retrieval.score(f"v42 v7 {eos} v9", "v42 v7")  # what follows an EOS is not the answer
+    assert not retrieval.score(f"v42 {eos} v7", "v42 v7")
 
 
 # --- objective ---
@@ -289,6 +314,17 @@ def test_curriculum_stages_and_batches(train_dlm, tok):
     assert train_dlm.stage_batch(128, 1024, 512) == 256  # same tokens per step ...
     assert train_dlm.stage_batch(128, 1024, 32) == 512  # ... but at most 4x the documents
     assert train_dlm.stage_batch(128, 1024, 1024) == 128
+    lengths = [train_dlm.generation_length(random.Random(i), 4, 16) for i in range(400)]
+    assert 0.4 < lengths.count(4) / 400 < 0.65 and set(lengths) <= set(range(2, 17)) and max(lengths) == 16
+    assert train_dlm.generation_length(random.Random(0), 4, 0) is None  # no padding
+    ids, mask = train_dlm.make_batch(0, 7, 128, 32, tok)
+    padded = [int(m.sum()) for m in mask]
+    assert max(padded) > 4 and padded.count(4) >= 8 and min(padded) >= 2
+    eos_rows = [row[m].tolist() for row, m in zip(ids, mask, strict=True) if tok.eos_token_id in row[m].tolist()]
+    assert eos_rows and all(r[r.index(tok.eos_token_id) :] == [tok.eos_token_id] * (len(r) - r.index(tok.eos_token_id))
+                            for r in eos_rows)  # fmt: skip
+    plain = train_dlm.make_batch(0, 7, 128, 32, tok, max_gen_length=0)[1]
+    assert set(plain.sum(1).tolist()) <= {2, 3, 4}
     a, b = train_dlm.make_batch(0, 7, 128, 4, tok), train_dlm.make_batch(0, 7, 128, 4, tok)
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], train_dlm.make_batch(0, 8, 128, 4, tok)[0])
     assert a[0].shape == (4, 128)

@@ -5,8 +5,9 @@
 
 T2I/T2V: the shapes evaluator on held-out captions (seed 10_000 images, 10_001 videos; 20 steps, guidance 4, 128 px).
 DLM: exact-match retrieval through diffusers' stock `LLaDA2Pipeline` (greedy, one token per step) on held-out
-documents (seed 10_000) of the trained length. CLIP: held-out image→text top-1 among 256 captions and binding accuracy
-(true caption above its colour swap), as in `train_clip.py`.
+documents (seed 10_000) of the trained length, at the CLI's settings (4 generated tokens: the answer, then
+end-of-text) and with the generation exactly as long as the answer. CLIP: held-out image→text top-1 among 256
+captions and binding accuracy (true caption above its colour swap), as in `train_clip.py`.
 """
 
 from __future__ import annotations
@@ -38,14 +39,21 @@ def eval_t2v(images: int, videos: int, device: torch.device, out: Path | None) -
 def eval_dlm(documents: int, length: int, device: torch.device) -> dict:
     pipe = load_pipeline("dlm", device=device)
     pipe.set_progress_bar_config(disable=True)
-    rng = random.Random(10_000)
-    correct = 0
-    for _ in range(documents):
-        prompt, answer = retrieval.make_example(rng, length)
-        n = len(answer.split())
-        kwargs = {**call_defaults("dlm"), "gen_length": n, "block_length": n, "num_inference_steps": n}
-        correct += retrieval.score(pipe(prompt=prompt, **kwargs).texts[0], answer)
-    result = {"accuracy": correct / documents, "documents": documents, "length": length}
+    defaults = call_defaults("dlm")
+    correct = {"cli": 0, "answer": 0}
+    for setting in correct:
+        rng = random.Random(10_000)
+        for _ in range(documents):
+            if setting == "cli":  # `unbottle text PROMPT`: the prompt leaves room for the default generation
+                prompt, answer = retrieval.make_example(rng, length, defaults["gen_length"])
+                kwargs = dict(defaults)
+            else:
+                prompt, answer = retrieval.make_example(rng, length)
+                n = len(answer.split())
+                kwargs = {**defaults, "gen_length": n, "block_length": n, "num_inference_steps": n}
+            correct[setting] += retrieval.score(pipe(prompt=prompt, **kwargs).texts[0], answer)
+    result = {"accuracy": correct["cli"] / documents, "accuracy_answer_length": correct["answer"] / documents,
+              "gen_length": defaults["gen_length"], "documents": documents, "length": length}  # fmt: skip
     print(f"dlm: {json.dumps(result)}")
     return result
 

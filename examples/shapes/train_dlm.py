@@ -3,9 +3,14 @@
     python examples/shapes/train_dlm.py --out runs/dlm --minutes 5                  # one H200
     python examples/shapes/train_dlm.py --out runs/dlm --minutes 2 --resume         # continue
     python examples/shapes/train_dlm.py --out /tmp/dlm --minutes 0.2 --batch 2 --length 128 --workers 0   # CPU smoke
+    python examples/shapes/train_dlm.py --out runs/dlm --minutes 4 --init-from unbottle/assets/shapes/dlm \
+        --curriculum 0 --lr 3e-4                                                    # fine-tune the shipped model
 
 Task (`unbottle.shapes.retrieval`): "k3 = v8 v91 ; <filler> k17 = v42 v7 v199 ; ... query k17 ->" → "v42 v7 v199",
-exactly `--length` tokens. Model: `GemmaForCausalLM` with `use_bidirectional_attention=True` and `is_causal=False`
+exactly `--length` tokens. The answer is followed by end-of-text tokens up to the generation length (LLaDA pads its
+fine-tuning answers with EOS the same way), so the model learns where an answer ends: a document's generation length
+is `--gen-length` (the CLI's default) half of the time, otherwise drawn from U{2..`--max-gen-length`}, and never
+shorter than the answer. Model: `GemmaForCausalLM` with `use_bidirectional_attention=True` and `is_causal=False`
 (every position sees every other), RoPE, untied LM head, sdpa.
 
 Objective (LLaDA SFT: the prompt is never masked, the loss is divided by the answer length). `--objective t`:
@@ -77,10 +82,23 @@ def stage_batch(batch: int, length: int, stage_length: int) -> int:
     return min(batch * length // stage_length, 4 * batch)
 
 
-def make_batch(seed: int, step: int, length: int, batch: int, tok) -> tuple[torch.Tensor, torch.Tensor]:
+def generation_length(rng: random.Random, gen_length: int, max_gen_length: int) -> int | None:
+    """A document's generation length: `gen_length` half of the time, else U{2..max_gen_length} (None: no padding)."""
+    if max_gen_length <= 0:
+        return None
+    return gen_length if rng.random() < 0.5 else rng.randint(retrieval.MIN_VALUE_TOKENS, max_gen_length)
+
+
+def make_batch(seed: int, step: int, length: int, batch: int, tok, gen_length: int = 4,
+               max_gen_length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The training batch of `step`: `(ids (B, L), answer_mask (B, L))`, a pure function of (seed, step, sizes)."""
     rng = random.Random(f"train-{seed}-{step}")  # a string seed never collides with the held-out int seed
-    return retrieval.encode(tok, [retrieval.make_example(rng, length) for _ in range(batch)])
+    examples = []
+    for _ in range(batch):
+        padded = generation_length(rng, gen_length, max_gen_length)
+        padded = None if padded is None else min(padded, length - retrieval.MIN_LENGTH + retrieval.MAX_VALUE_TOKENS)
+        examples.append(retrieval.make_example(rng, length, padded))
+    return retrieval.encode(tok, examples)
 
 
 class RetrievalBatches(torch.utils.data.IterableDataset):
@@ -89,8 +107,10 @@ class RetrievalBatches(torch.utils.data.IterableDataset):
     shared `stage_length` as each batch is made, so a curriculum switch reaches the workers (after the few batches
     already queued)."""
 
-    def __init__(self, seed: int, start: int, length: int, batch: int, stage_length) -> None:
+    def __init__(self, seed: int, start: int, length: int, batch: int, stage_length, gen_length: int = 4,
+                 max_gen_length: int = 16) -> None:  # fmt: skip
         self.seed, self.start, self.length, self.batch, self.stage_length = seed, start, length, batch, stage_length
+        self.gen_length, self.max_gen_length = gen_length, max_gen_length
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -99,7 +119,8 @@ class RetrievalBatches(torch.utils.data.IterableDataset):
         step = self.start + worker
         while True:
             length = self.stage_length.value
-            yield make_batch(self.seed, step, length, stage_batch(self.batch, self.length, length), tok)
+            yield make_batch(self.seed, step, length, stage_batch(self.batch, self.length, length), tok,
+                             self.gen_length, self.max_gen_length)  # fmt: skip
             step += workers
 
 
@@ -127,7 +148,8 @@ def train_step(model, ids, answer_mask, mask_id, generator=None, objective: str 
 
 @torch.no_grad()
 def accuracy(model, tok, examples: list[tuple[str, str]], device, batch: int = 64) -> float:
-    """Exact-match accuracy of greedy one-token-per-step masked-diffusion decoding on `examples`."""
+    """Exact-match accuracy of greedy one-token-per-step masked-diffusion decoding on `examples` (the generated
+    answer is cut at its first end-of-text, as the pipelines cut it)."""
     was_training = model.training
     model.eval()
     correct = 0
@@ -138,14 +160,18 @@ def accuracy(model, tok, examples: list[tuple[str, str]], device, batch: int = 6
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out, _ = retrieval.decode(model, ids, answer_mask, tok.mask_token_id)
         for row, mask, (_, answer) in zip(out, answer_mask, chunk, strict=True):
-            correct += retrieval.score(tok.decode(row[mask].tolist(), skip_special_tokens=True), answer)
+            generated = row[mask].tolist()
+            if tok.eos_token_id in generated:
+                generated = generated[: generated.index(tok.eos_token_id)]
+            correct += retrieval.score(tok.decode(generated, skip_special_tokens=True), answer)
     model.train(was_training)
     return correct / max(1, len(examples))
 
 
-def held_out(length: int, n: int) -> list[tuple[str, str]]:
+def held_out(length: int, n: int, answer_length: int | None = None) -> list[tuple[str, str]]:
+    """`n` held-out documents (seed 10,000), answers padded to `answer_length` tokens when given."""
     rng = random.Random(HELD_OUT_SEED)
-    return [retrieval.make_example(rng, length) for _ in range(n)]
+    return [retrieval.make_example(rng, length, answer_length) for _ in range(n)]
 
 
 def learning_rate(args, elapsed: float, step: int) -> float:
@@ -174,6 +200,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gen-length", type=int, default=4,
+                        help="generation length of half the documents: the CLI's default (answers padded with EOS)")
+    parser.add_argument("--max-gen-length", type=int, default=16,
+                        help="the other half: U{2..this} (0: answers not padded, no EOS learned)")
+    parser.add_argument("--init-from", type=Path, help="start from a saved model folder's weights (fresh optimizer)")
     parser.add_argument("--objective", choices=("count", "t"), default="count", help="see the module docstring")
     parser.add_argument(
         "--curriculum",
@@ -208,6 +239,13 @@ def main(argv=None) -> dict:
     tok = retrieval.tokenizer()
     max_positions = max(8192, 2 * args.length)
     model = build_model(tok, args.layers, args.hidden, args.heads, max_positions=max_positions)
+    if args.init_from is not None and not (args.resume and (args.out / "checkpoint.pt").exists()):
+        from safetensors.torch import load_file
+
+        weights = load_file(str(args.init_from / "model.safetensors"))
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+        if unexpected or [k for k in missing if "rotary" not in k]:
+            raise ValueError(f"--init-from {args.init_from}: weights do not fit ({missing[:3]}, {unexpected[:3]})")
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -227,7 +265,8 @@ def main(argv=None) -> dict:
     lengths = stages(args.length, args.curriculum > 0)
     stage = min(state.get("stage", 0), len(lengths) - 1)
     stage_length = multiprocessing.get_context().RawValue("i", lengths[stage])  # read by the data workers
-    data = RetrievalBatches(args.seed, state["step"], args.length, args.batch, stage_length)
+    data = RetrievalBatches(args.seed, state["step"], args.length, args.batch, stage_length, args.gen_length,
+                            args.max_gen_length)  # fmt: skip
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=None,
@@ -237,7 +276,8 @@ def main(argv=None) -> dict:
         persistent_workers=args.workers > 0,
     )
     loader = iter(loader)
-    quick = held_out(args.length, 64)
+    padded = args.gen_length if args.max_gen_length > 0 else None
+    quick = held_out(args.length, 64, padded)
     gen = torch.Generator(device=device).manual_seed(args.seed * 7919 + state["step"])
     start = last_eval = last_log = last_check = time.time()
     losses, ces, tokens = [], [], 0
@@ -264,7 +304,7 @@ def main(argv=None) -> dict:
             state["loss"] = mean_loss
             losses, ces, tokens, last_log = [], [], 0, now
         if stage < len(lengths) - 1 and now - last_check > args.stage_check:
-            acc = accuracy(model, tok, held_out(lengths[stage], 64), device)
+            acc = accuracy(model, tok, held_out(lengths[stage], 64, padded), device)
             late = now - start > args.curriculum * args.minutes * 60
             log(f"step {state['step']} stage {lengths[stage]} tokens: quick accuracy {acc:.3f}")
             if acc >= STAGE_ACCURACY or late:
@@ -293,15 +333,23 @@ def main(argv=None) -> dict:
     log(f"saved {args.out / 'dlm'} at step {state['step']}")
 
     lengths = [args.length] + ([2 * args.length] if 2 * args.length <= max_positions else [])
-    by_length = {}
-    for length in lengths:  # the fp16 weights, as saved, run in fp32 (bf16 autocast on CUDA)
-        scored = half.to(device, torch.float32)
-        docs = held_out(length, args.eval)
-        by_length[str(length)] = accuracy(scored, tok, docs, device, batch=max(1, 65536 // length))
-        log(f"final accuracy {by_length[str(length)]:.3f} on {args.eval} held-out documents of {length} tokens")
+    gen_lengths = [None] + ([args.gen_length, args.max_gen_length] if args.max_gen_length > 0 else [])
+    by_length, by_gen_length = {}, {}
+    scored = half.to(device, torch.float32)  # the fp16 weights, as saved, run in fp32 (bf16 autocast on CUDA)
+    for length in lengths:
+        for gen in gen_lengths if length == args.length else [padded]:
+            docs = held_out(length, args.eval, gen)
+            acc = accuracy(scored, tok, docs, device, batch=max(1, 65536 // length))
+            if gen == padded:
+                by_length[str(length)] = acc
+            if length == args.length:
+                by_gen_length["answer" if gen is None else str(gen)] = acc
+            log(f"final accuracy {acc:.3f} on {args.eval} held-out documents of {length} tokens, generation length "
+                f"{'= the answer' if gen is None else gen}")  # fmt: skip
     record = {
         "steps": state["step"], "loss": state.get("loss"), "accuracy": by_length[str(args.length)],
-        "accuracy_by_length": by_length, "eval_documents": args.eval, "length": args.length, "seed": args.seed,
+        "accuracy_by_length": by_length, "accuracy_by_gen_length": by_gen_length, "gen_length": padded,
+        "eval_documents": args.eval, "length": args.length, "seed": args.seed,
         "minutes": round(state["seconds"] / 60, 2), "params": n_params, "history": state["history"],
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }  # fmt: skip

@@ -6,6 +6,10 @@ v0..v255) with filler words between them, followed by a query; the answer is the
     prompt  "... k3 = v8 v91 ; red circle of the k17 = v42 v7 v199 ; sky ... k250 = v0 v0 ; query k17 ->"
     answer  "v42 v7 v199"
 
+A diffusion LM generates a fixed number of tokens: as in LLaDA's fine-tuning, an answer shorter than the generation
+is followed by end-of-text tokens (`answer_length`: "v42 v7 v199 <|endoftext|>" for 4 generated tokens), which the
+pipelines cut at the first one.
+
 Every token is one word of a closed vocabulary (`tokenizer()`: word level, pad/unk/eos/mask specials, no chat template,
 nothing added around the text), so `length` is exact: prompt + answer is `length` tokens. The queried key occurs once
 among the records, the query key is uniform over the records (so the answer's depth is uniform over the context), and
@@ -54,7 +58,7 @@ def tokenizer(model_max_length: int = 16384) -> PreTrainedTokenizerFast:
     """
     from tokenizers import processors
 
-    from unbottle.testing.tokenizers import word_level_tokenizer
+    from ..tokenizers import word_level_tokenizer
 
     words = KEYS + VALUES + (ASSIGN, QUERY, ARROW, END) + FILLER
     tok = word_level_tokenizer(
@@ -66,19 +70,36 @@ def tokenizer(model_max_length: int = 16384) -> PreTrainedTokenizerFast:
     return tok
 
 
-def make_example(rng: random.Random, length: int = 1024) -> tuple[str, str]:
-    """One document of exactly `length` tokens: `(prompt_text, answer_text)`, drawn from `rng` only."""
-    prompt, answer = make_example_tokens(rng, length)
+def make_example(rng: random.Random, length: int = 1024, answer_length: int | None = None) -> tuple[str, str]:
+    """One document of exactly `length` tokens: `(prompt_text, answer_text)`, drawn from `rng` only.
+
+    With `answer_length`, the answer is padded with end-of-text tokens to at least that many tokens (the prompt is
+    that much shorter); `answer_value` gives the value alone."""
+    prompt, answer = make_example_tokens(rng, length, answer_length)
     return " ".join(prompt), " ".join(answer)
 
 
-def make_example_tokens(rng: random.Random, length: int = 1024) -> tuple[list[str], list[str]]:
+def answer_value(answer_text: str) -> str:
+    """The value words of an answer: everything before its first end-of-text token."""
+    words = answer_text.split()
+    return " ".join(words[: words.index(EOS)] if EOS in words else words)
+
+
+def make_example_tokens(
+    rng: random.Random, length: int = 1024, answer_length: int | None = None
+) -> tuple[list[str], list[str]]:
     """`make_example` as word lists (prompt words, answer words)."""
     if length < MIN_LENGTH:
         raise ValueError(f"length must be at least {MIN_LENGTH}, got {length}")
+    if answer_length is not None and not MIN_LENGTH + answer_length - MAX_VALUE_TOKENS <= length:
+        raise ValueError(
+            f"answer_length={answer_length} leaves too short a prompt in {length} tokens: use a length of at least "
+            f"{MIN_LENGTH + answer_length - MAX_VALUE_TOKENS}"
+        )
     while True:
         n_answer = rng.randint(MIN_VALUE_TOKENS, MAX_VALUE_TOKENS)
-        budget = length - 3 - n_answer  # tokens before `query kX ->`
+        n_padded = max(n_answer, answer_length or 0)
+        budget = length - 3 - n_padded  # tokens before `query kX ->`
         mean_record = 3 + (MIN_VALUE_TOKENS + MAX_VALUE_TOKENS) / 2
         n_others = max(0, min(NUM_KEYS, round(rng.uniform(0.1, 1.0) * budget / mean_record)) - 1)
         others = [rng.randint(MIN_VALUE_TOKENS, MAX_VALUE_TOKENS) for _ in range(n_others)]
@@ -99,7 +120,7 @@ def make_example_tokens(rng: random.Random, length: int = 1024) -> tuple[list[st
         body += [rng.choice(FILLER) for _ in range(gaps[-1])]
         answer = values[target]
         if _count(body, answer) == 1:  # the answer's token sequence occurs only as the queried value
-            return body + [QUERY, keys[target], ARROW], answer
+            return body + [QUERY, keys[target], ARROW], answer + [EOS] * (n_padded - n_answer)
 
 
 def _count(words: list[str], needle: list[str]) -> int:
@@ -123,8 +144,9 @@ def answer_of(prompt_text: str) -> str | None:
 
 
 def score(generated_text: str, answer_text: str) -> bool:
-    """Exact match of the answer tokens (whitespace-separated words; nothing missing, nothing extra)."""
-    return generated_text.split() == answer_text.split()
+    """Exact match of the answer's value (whitespace-separated words up to the first end-of-text; nothing missing,
+    nothing extra)."""
+    return answer_value(generated_text).split() == answer_value(answer_text).split()
 
 
 def encode(tok: PreTrainedTokenizerFast, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
