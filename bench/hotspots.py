@@ -1,4 +1,4 @@
-"""Where the time goes in three GPU workloads (issues #6, #8, #9): wall vs GPU time per phase, top CUDA kernels.
+"""Where the time goes in three GPU workloads: wall vs GPU time per phase, top CUDA kernels.
 
     python bench/hotspots.py -o /tmp/out                        # on a CUDA GPU: noise, flux and dlm sections
     python bench/hotspots.py --sections noise -o /tmp/out
@@ -7,12 +7,12 @@ A diagnostic, not a benchmark: it prints (and writes to hotspots.txt) what a pro
 a speed-up is chosen from measurements. For each phase, "issued" is the wall time until Python returns (before the
 synchronize) and "done" the wall time until the GPU finishes: equal numbers mean the CPU is the bottleneck.
 
-- noise (#8): one CARINOX gradient step of the SD-Turbo-shaped pipeline with HPS- and CLIP-shaped ViT-H-14 rewards
+- noise: one CARINOX gradient step of the SD-Turbo-shaped pipeline with HPS- and CLIP-shaped ViT-H-14 rewards
   (`unbottle.bench.noise`): differentiable generation, rewards, the two pullbacks; then the same step with
   `cudnn.benchmark`, with channels-last UNet/VAE, and the generator run once at batch 2 (one copy per reward).
-- flux (#6): stock Flux-dev 1024² and flux-3x (`unbottle.bench.e2e`): wall time and the time inside transformer calls
+- flux: stock Flux-dev 1024² and flux-3x (`unbottle.bench.e2e`): wall time and the time inside transformer calls
   per input size (`e2e.CallTimes`, CUDA events); a profile of one 512² call.
-- dlm (#9): the LLaDA-8B-shaped model at `--context` (`unbottle.bench.dlm`): dense step, SparseD pattern step (fused
+- dlm: the LLaDA-8B-shaped model at `--context` (`unbottle.bench.dlm`): dense step, SparseD pattern step (fused
   tile importance) and cached sparse step on our kernel at density 0.1, with a profile of the cached step.
 """
 
@@ -71,7 +71,7 @@ def profile_table(name: str, fn: Callable[[], object], rows: int = 22) -> None:
     say(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70))
 
 
-# ---- noise (#8) ----------------------------------------------------------------------------------------------------
+# ---- noise ----------------------------------------------------------------------------------------------------------
 def noise_section() -> None:
     from unbottle.bench import noise
     from unbottle.pipelines.noise_search import NoiseSearch, _frozen, _reward_pixels
@@ -81,7 +81,7 @@ def noise_section() -> None:
     rewards = noise.build_rewards(noise.Models(), device, torch.float16)
     weighted = {name: (rewards[name], w) for name, w in noise.REWARD_WEIGHTS.items()}
     search = NoiseSearch(pipe, rewards=weighted, seeds=[0], iterations=3, progress=False)
-    kwargs = search._check(noise.PROMPT, noise._call_kwargs(noise.NoiseOptions()))
+    kwargs = search._check(noise.PROMPT, noise.run._call_kwargs(noise.NoiseOptions()))
     call, dtype = search._call_arguments(noise.PROMPT, kwargs)
     call.pop("output_type")
     latents, state = search.family.draw(pipe, kwargs, 0, dtype)
@@ -145,7 +145,7 @@ def noise_section() -> None:
     say(f"  peak memory {torch.cuda.max_memory_allocated() / 1e9:.2f} GB")
 
 
-# ---- flux (#6) -----------------------------------------------------------------------------------------------------
+# ---- flux -----------------------------------------------------------------------------------------------------------
 def flux_section() -> None:
     from unbottle.bench import e2e
 
@@ -154,12 +154,12 @@ def flux_section() -> None:
     pipe = e2e.build_pipeline("flux", device)
     inputs = e2e.prompt_inputs(pipe, case, device, 0)
     stages = e2e.variant_stages("flux-3x", case)
-    e2e._call(pipe, case, None, 3, inputs, 0, device)
-    e2e._call(pipe, case, stages, 2, inputs, 0, device)
+    e2e.run._call(pipe, case, None, 3, inputs, 0, device)
+    e2e.run._call(pipe, case, stages, 2, inputs, 0, device)
     say("flux: FLUX.1-dev-shaped, 1024², bf16")
     for label, st in (("stock 50 steps", None), ("flux-3x", stages)):
         with e2e.CallTimes(pipe.transformer) as calls:  # the e2e benchmark's own per-call clock
-            phase(label, lambda st=st: e2e._call(pipe, case, st, None, inputs, 0, device))
+            phase(label, lambda st=st: e2e.run._call(pipe, case, st, None, inputs, 0, device))
         inside, sizes = calls.summary(1)
         say(f"    inside transformer calls {inside * 1e3:.0f} ms: " + ", ".join(
             f"{v['calls']} × {v['ms_per_call']:.1f} ms ({k})" for k, v in sizes.items()))  # fmt: skip
@@ -179,10 +179,10 @@ def flux_section() -> None:
         profile_table("one 512² transformer call", lambda: tx(**low), 15)
 
 
-# ---- dlm (#9) ------------------------------------------------------------------------------------------------------
+# ---- dlm ------------------------------------------------------------------------------------------------------------
 def dlm_section(context: int) -> None:
     import unbottle
-    from unbottle.attention_processors import transformers_attention as ta
+    from unbottle.attention_processors import engine as ta  # the engine runs SparseD's pattern step
     from unbottle.bench import dlm
     from unbottle.pipelines.diffusion_lm import DiffusionLMPipeline
 
@@ -194,7 +194,7 @@ def dlm_section(context: int) -> None:
     prompt = dlm.prompt_ids(context, options, model.config.vocab_size, device)
     driver = dlm.StepDriver(pipe, prompt, options.gen_length, options.gen_steps, options.full_steps)
     say(f"dlm: LLaDA-8B-shaped, context {context}, bf16")
-    with dlm._sdpa("CUDNN_ATTENTION", device):
+    with dlm.sdpa_backend("CUDNN_ATTENTION", device):
         phase("dense step (cuDNN)", driver.dense, 2)
         spent: dict[str, float] = {}
 

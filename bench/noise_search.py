@@ -1,11 +1,11 @@
-"""Noise-search benchmark (issue #8): seconds and peak memory per CARINOX / ReNO noise-optimization iteration.
+"""Noise-search benchmark: seconds and peak memory per CARINOX / ReNO noise-optimization iteration.
 
     python bench/noise_search.py -o bench/results           # on a CUDA GPU; the same as `unbottle bench noise`
     python bench/noise_search.py --quick -o /tmp/out        # 1 warm-up + 2 timed iterations per row
     python bench/noise_search.py --variants checkpointing --iterations 10 -o bench/results
 
-A thin wrapper: everything lives in `unbottle.bench.noise` (see its docstring for what is measured, what is real-size
-and what is not). Writes noise-<gpu>.json and .md.
+A thin wrapper: everything lives in `unbottle.bench.noise` (run.py's docstring says what is measured, what is
+real-size and what is not). Writes noise-<gpu>.json and .md.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unbottle.attention_processors.block_mask import pattern_to_block_mask  # noqa: E402
 from unbottle.attention_processors.kernels import block_sparse_fwd as fwd  # noqa: E402
-from unbottle.bench.attention import _error_text, _inputs, median_ms, random_block_pattern  # noqa: E402
+from unbottle.bench.attention import median_ms, random_block_pattern, random_qkv  # noqa: E402
+from unbottle.bench.measure import error_text  # noqa: E402
 
 SHAPES = ((32760, 12, 128), (32768, 12, 128), (75600, 24, 128), (17776, 48, 64))
 DENSITIES = (1.0, 0.1, 0.03)
@@ -36,7 +37,7 @@ CONFIGS = (
 def probe_shape(shape: str, flex, rows: list, out_dir: Path) -> None:
     """Every density and config of one N×H×D shape (bf16, batch 1)."""
     n, h, d = (int(x) for x in shape.split("x"))
-    q, k, v = _inputs(n, h, d, 0, torch.device("cuda"), torch.bfloat16)  # (1, H, N, D) each
+    q, k, v = random_qkv(n, h, d, 0, torch.device("cuda"), torch.bfloat16)  # (1, H, N, D) each
     for density in DENSITIES:
         indices, counts = random_block_pattern(n, h, density, 128, 0, q.device)
         mask = pattern_to_block_mask(indices, counts, 128, n, n)
@@ -60,7 +61,7 @@ def probe_shape(shape: str, flex, rows: list, out_dir: Path) -> None:
                 err = float((out.float() - ref.float()).abs().max())
                 row[name] = {"ms": median_ms(call), "max_abs_err": err}
             except Exception as e:  # noqa: BLE001 — a config Triton cannot build here: recorded
-                row[name] = {"error": _error_text(e)[:300]}
+                row[name] = {"error": error_text(e)[:300]}
         rows.append(row)
         cells = [f"{shape} d={density:g}: flex {row['flex_ms']:.3f}, default {row['default_ms']:.3f}"]
         for key, value in row.items():

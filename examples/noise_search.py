@@ -29,7 +29,7 @@ import unbottle
 import unbottle.shapes
 from unbottle.shapes.evaluate import score as shapes_facts
 
-# hub generators (CARINOX models/utils.py; ReNO for FLUX): id, dtype, one-step call at 512²
+# hub generators (CARINOX's one-step models; ReNO's for FLUX): id, dtype, one-step call at 512²
 HUB = {
     "sd-turbo": ("stabilityai/sd-turbo", torch.float16, dict(num_inference_steps=1, guidance_scale=0.0)),
     "sdxl-turbo": ("stabilityai/sdxl-turbo", torch.float16, dict(num_inference_steps=1, guidance_scale=0.0)),

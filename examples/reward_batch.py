@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import unbottle
-from unbottle.pipelines.reward_batch import BatchConfig, make_state, run_batch
+from unbottle.batch import BatchConfig, make_state, run_batch
 
 # hub models: (id, call arguments); they need the weights in the local cache (or network) and a GPU
 HUB = {

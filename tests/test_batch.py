@@ -1,4 +1,4 @@
-"""Reward-scored batches (`unbottle batch`, `unbottle.pipelines.reward_batch`): counts and ranking, determinism,
+"""Reward-scored batches (`unbottle batch`, `unbottle.batch`): counts and ranking, determinism,
 SIGKILL and resume, refusal of changed arguments and of crafted records, one run per folder (a second waits, or
 refuses with --no-wait), and 2 processes under `accelerate launch` = 1 process.
 
@@ -27,8 +27,8 @@ from PIL import Image  # noqa: E402
 
 import unbottle  # noqa: E402
 import unbottle.shapes  # noqa: E402
+from unbottle import batch as rb  # noqa: E402
 from unbottle.cli import main  # noqa: E402
-from unbottle.pipelines import reward_batch as rb  # noqa: E402
 from unbottle.rewards import Reward  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square to the left of a green star", "a large yellow triangle"]

@@ -1,4 +1,4 @@
-"""The attention benchmark (issue #5) on the CPU: its masks, FLOP accounting, JSON/markdown writer and command line.
+"""The attention benchmark on the CPU: its masks, FLOP accounting, JSON/markdown writer and command line.
 
 Timings need a GPU and are never asserted here; the benchmark itself runs on the H200 (bench/README.md).
 """
@@ -16,7 +16,8 @@ import torch
 
 from unbottle.attention_processors.block_mask import dense_block_mask, pattern_to_block_mask
 from unbottle.bench import attention as bench
-from unbottle.cli import PENDING_VERBS, build_parser, main
+from unbottle.bench.results import git_commit, gpu_tag
+from unbottle.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def test_ratios_and_tflops():
 
 def test_json_and_markdown_writer(tmp_path, capsys):
     results = {
-        "gpu": "NVIDIA H200", "gpu_tag": bench.gpu_tag("NVIDIA H200"), "command": "python bench/attention.py -o x",
+        "gpu": "NVIDIA H200", "gpu_tag": gpu_tag("NVIDIA H200"), "command": "python bench/attention.py -o x",
         "torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0", "cudnn": 91000, "block_size": 128,
         "check_tolerance": bench.CHECK_TOLERANCE,
         "rows": [
@@ -195,7 +196,7 @@ def test_check_tolerance_scales_with_the_output_magnitude():
     "name, tag", [("NVIDIA H200", "h200"), ("NVIDIA H100 80GB HBM3", "h100-80gb-hbm3"), ("Tesla T4", "tesla-t4")]
 )
 def test_gpu_tag(name, tag):
-    assert bench.gpu_tag(name) == tag
+    assert gpu_tag(name) == tag
 
 
 # ---- options and command line -------------------------------------------------------------------------------------
@@ -241,30 +242,20 @@ def test_script_refuses_without_cuda(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_bench_e2e_is_no_longer_pending_and_needs_cuda(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert not any(verb.startswith("bench ") for verb in PENDING_VERBS)
-    assert main(["bench", "e2e"]) == 2
-    err = _error(capsys)
-    assert "end-to-end benchmark needs a CUDA GPU" in err and "not available yet" not in err
-    assert not any(tmp_path.iterdir())
-
-
 @pytest.mark.skipif(shutil.which("git") is None, reason="no git executable")
 def test_git_commit_says_when_the_tree_is_not_the_commit(tmp_path):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
-    assert bench._git_commit(tmp_path) is None  # not a repository
+    assert git_commit(tmp_path) is None  # not a repository
     git("init", "-q")
     (tmp_path / "a.py").write_text("x = 1\n")
     git("add", "a.py")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
-    assert bench._git_commit(tmp_path) == sha
+    assert git_commit(tmp_path) == sha
     (tmp_path / "a.py").write_text("x = 2\n")  # the code that runs is no longer the commit
-    assert bench._git_commit(tmp_path) == sha + "+dirty"
+    assert git_commit(tmp_path) == sha + "+dirty"
     (tmp_path / "b.py").write_text("")  # untracked files do not make it dirty
     (tmp_path / "a.py").write_text("x = 1\n")
-    assert bench._git_commit(tmp_path) == sha
+    assert git_commit(tmp_path) == sha

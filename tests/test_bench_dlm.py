@@ -1,4 +1,4 @@
-"""The diffusion-LM benchmark (issue #9; SparseD on LLaDA-8B shapes) on the CPU: options, the LLaDA-8B config, the
+"""The diffusion-LM benchmark (SparseD on LLaDA-8B shapes) on the CPU: options, the LLaDA-8B config, the
 Triton routing, the step driver on a tiny bidirectional Gemma (each step the kind it claims, no attention mask on the
 sparse path), the arithmetic, the writers, and dry runs of the measurement. Timings are never asserted here.
 """
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import unbottle
-from unbottle.attention_processors import block_sparse, reference
-from unbottle.attention_processors import transformers_attention as ta
+from unbottle.attention_processors import block_sparse, engine, reference
+from unbottle.attention_processors.block_mask import pattern_to_block_mask
 from unbottle.bench import dlm
 from unbottle.cli import build_parser, main
-from unbottle.cli.errors import UsageError
+from unbottle.errors import UsageError
 from unbottle.pipelines.diffusion_lm import DiffusionLMPipeline
 
 # a tiny width for the CPU; depth from DLMOptions.layers / llada_config(layers)
@@ -130,27 +130,44 @@ def test_llada_8b_config_and_parameter_count():
 # ---- routing and counting the engine's sparse calls ---------------------------------------------------------------
 
 
+def _engine_call(mask=None):
+    """One block-sparse call of the engine (B=1, H=2, N=32, D=8, blocks of 16, all kept), with an optional mask."""
+    q, k, v = (torch.randn(1, 2, 32, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    indices = torch.tensor([[0, 1], [0, 1]], dtype=torch.int32).expand(1, 2, 2, 2)  # (B, H, nQ, K)
+    block_mask = pattern_to_block_mask(indices, torch.full((1, 2, 2), 2, dtype=torch.int32), 16, 32, 32)
+    return engine.run_block_sparse(engine.AttentionCall(q, k, v, None, mask), block_mask)
+
+
 def test_triton_route_swaps_the_engines_kernel_and_restores_it():
     from unbottle.attention_processors.kernels import block_sparse_attention_triton
 
-    assert ta.block_sparse_attention is block_sparse.block_sparse_attention
-    assert ta.block_sparse_attention_reference is reference.block_sparse_attention_reference
+    def spy(*args, **kwargs):  # the engine's own kernel, recording that it was the one called
+        seen.append("spy")
+        return block_sparse.block_sparse_attention(*args, **kwargs)
+
+    seen, padding = [], torch.ones(1, 1, 32, 32, dtype=torch.bool)
+    expected = _engine_call()
+    with dlm.route_sparse_attention(spy) as calls:
+        assert calls.kernel is spy
+        torch.testing.assert_close(_engine_call(), expected)  # the engine's mask-free call ran on `spy`
+        _engine_call(padding)  # a call with a mask: the reference, counted
+        assert seen == ["spy"] and (calls.fast, calls.masked_reference) == (1, 1)
+    _engine_call(), _engine_call(padding)
+    assert seen == ["spy"] and (calls.fast, calls.masked_reference) == (1, 1)  # routed back to the engine's own
+    with pytest.raises(RuntimeError, match="inside"), dlm.route_sparse_attention(spy):
+        raise RuntimeError("inside")
+    _engine_call()
+    assert seen == ["spy"]  # restored on an error too
+    assert engine.block_sparse_attention is block_sparse.block_sparse_attention  # no module global is swapped
+    assert engine.block_sparse_attention_reference is reference.block_sparse_attention_reference
     with dlm.triton_sparse_attention() as calls:
         assert calls.kernel is block_sparse_attention_triton
-        assert ta.block_sparse_attention is not block_sparse.block_sparse_attention
-        assert ta.block_sparse_attention_reference is not reference.block_sparse_attention_reference
-    assert ta.block_sparse_attention is block_sparse.block_sparse_attention
-    assert ta.block_sparse_attention_reference is reference.block_sparse_attention_reference
-    with pytest.raises(RuntimeError, match="inside"), dlm.triton_sparse_attention():
-        raise RuntimeError("inside")
-    assert ta.block_sparse_attention is block_sparse.block_sparse_attention  # restored on an error too
-    assert ta.block_sparse_attention_reference is reference.block_sparse_attention_reference
     with dlm.route_sparse_attention() as calls:
         assert calls.kernel is block_sparse.block_sparse_attention  # default: the engine's own function
     # the two sparse modes: FlexAttention alone (the engine's call takes our kernel on Hopper at long contexts)
-    with dlm._kernel_route("sparsed-flex") as calls:
+    with dlm.kernel_route("sparsed-flex") as calls:
         assert calls.kernel is block_sparse.block_sparse_attention_flex
-    with dlm._kernel_route("sparsed-triton") as calls:
+    with dlm.kernel_route("sparsed-triton") as calls:
         assert calls.kernel is block_sparse_attention_triton
 
 
@@ -189,7 +206,7 @@ def test_step_driver_runs_each_kind_and_the_sparse_path_gets_no_mask(tiny):
             assert calls.masked_reference == layers and calls.fast == 3 * layers
     finally:
         unbottle.disable_sparse_attention(model)
-    assert ta.block_sparse_attention is block_sparse.block_sparse_attention
+    assert engine.block_sparse_attention is block_sparse.block_sparse_attention
 
 
 # ---- arithmetic and writers ---------------------------------------------------------------------------------------
@@ -206,20 +223,20 @@ def test_schedule_and_composed_time():
 
 def _gpu_like_results() -> dict:
     options = dlm.DLMOptions(contexts=(65536,))
-    results = dlm._environment(torch.device("cpu"), torch.bfloat16, "python bench/diffusion_lm.py -o x", options,
+    results = dlm.run._environment(torch.device("cpu"), torch.bfloat16, "python bench/diffusion_lm.py -o x", options,
                                dlm.llada_config(), real_size=True)  # fmt: skip
     results.update(gpu="NVIDIA H200", gpu_tag="h200")
 
     def step(mode, kind, s, density=None):
-        return dict(dlm._step_row(65536, options, mode, density, kind), s=s, times_s=[s] * 3)
+        return dict(dlm.run._step_row(65536, options, mode, density, kind), s=s, times_s=[s] * 3)
 
     results["steps_rows"] = [
         step("dense-cudnn", "dense", 5.7), step("dense-flash", "dense", 6.3),
         step("sparsed-triton", "pattern", 45.0, 0.1), step("sparsed-triton", "sparse", 2.3, 0.1),
     ]  # fmt: skip
     results["generation_rows"] = [
-        dict(dlm._gen_row(65536, options, "dense-cudnn", None), s=92.0),
-        dict(dlm._gen_row(65536, options, "sparsed-triton", 0.1), s=96.5, kinds_ok=True),
+        dict(dlm.run._gen_row(65536, options, "dense-cudnn", None), s=92.0),
+        dict(dlm.run._gen_row(65536, options, "sparsed-triton", 0.1), s=96.5, kinds_ok=True),
     ]
     return dlm.finish(results)
 
@@ -282,7 +299,7 @@ def test_dry_run_fills_every_row_and_records_failing_ones(tmp_path):
     assert results["model"]["is_causal"] is False
     assert results["model"]["parameters"] == dlm.parameter_count(dlm.llada_config(2, **TINY))
     assert [e["steps"] for e in results["composed"]] == [5, 128, 1024]
-    assert ta.block_sparse_attention is block_sparse.block_sparse_attention  # every route restored
+    assert engine.block_sparse_attention is block_sparse.block_sparse_attention  # every route restored
     assert len(dlm.failed_rows(results)) == 3  # Triton's pattern and sparse step rows, and its generation row
     stem = dlm.output_stem(results)
     assert stem == "dlm-cpu-cpu-2l-160-d0.5"

@@ -1,4 +1,4 @@
-"""Issue #7 item 1: noun phrases at every nesting level, and their alignment to CLIP and T5 token positions."""
+"""Noun phrases at every nesting level, and their alignment to CLIP and T5 token positions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 import unbottle
-from unbottle._pending import pending_reason
 from unbottle.guidance import ParserUnavailableError, noun_phrases, phrase_char_spans, phrase_token_spans
 from unbottle.guidance.alignment import _spans_by_offsets, _spans_by_prefix
 from unbottle.guidance.phrases import _doc_spans, _select, _tree_spans
@@ -90,8 +89,7 @@ def test_phrases_are_substrings_in_preorder_and_ignore_case_and_spacing(prompt, 
 
 
 def test_public_name_is_live_and_auto_falls_back_to_builtin_here():
-    assert unbottle.noun_phrases is noun_phrases and pending_reason(noun_phrases) is None
-    assert pending_reason(unbottle.enable_structured_guidance) is None
+    assert unbottle.noun_phrases is noun_phrases
     assert unbottle.noun_phrases("a red car and a white sheep") == ["a red car", "a white sheep"]
     with pytest.raises(ValueError, match="unknown parser"):
         noun_phrases("a red car", parser="benepar")

@@ -1,4 +1,4 @@
-"""Structured cross-attention guidance (Feng et al. 2023) on the tiny SD, SDXL, PixArt and Wan fixtures (issue #7)."""
+"""Structured cross-attention guidance (Feng et al. 2023) on the tiny SD, SDXL, PixArt and Wan fixtures."""
 
 from __future__ import annotations
 

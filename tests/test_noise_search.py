@@ -16,10 +16,16 @@ from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler, EulerDiscr
 import unbottle
 import unbottle.shapes
 from unbottle.cli import main
+from unbottle.families import family_for_pipeline
 from unbottle.pipelines import noise_search
-from unbottle.pipelines.noise_families import noise_family
 from unbottle.pipelines.noise_regularizer import chi_regularizer
-from unbottle.pipelines.noise_search import NoiseSearchConfig, NoiseSearchConfigError, _clip, differentiable_call
+from unbottle.pipelines.noise_search import (
+    NoiseSearchConfig,
+    NoiseSearchConfigError,
+    _clip,
+    differentiable_call,
+    draw_noise,
+)
 from unbottle.testing import (
     tiny_cogvideox_pipeline,
     tiny_flux_pipeline,
@@ -32,6 +38,11 @@ from unbottle.testing import (
 )
 
 PROMPT = "a red circle to the left of a blue square"
+
+
+def noise_family(pipe):
+    """The pipeline's family for noise search, None when it has none."""
+    return family_for_pipeline(pipe, "noise", required=False)
 
 
 class Channel(torch.nn.Module):
@@ -130,8 +141,8 @@ def test_wrapped_call_with_the_drawn_noise_is_the_stock_call_and_has_gradients(p
     pipe = pipes(name)
     family = noise_family(pipe)
     expected = stock(pipe, name, 3)
-    dtype = torch.float32 if family.float32_noise else pipe.dtype
-    noise, state = family.draw(pipe, CALL[name], 3, dtype)  # what pipe(generator=manual_seed(3)) draws
+    dtype = torch.float32 if family.latents.float32_noise else pipe.dtype
+    noise, state = draw_noise(pipe, family, CALL[name], 3, dtype)  # what pipe(generator=manual_seed(3)) draws
     eps = noise.clone().requires_grad_(True)
     out = differentiable_call(pipe, PROMPT, latents=eps, generator=generator_from(state), output_type="pt",
                               **CALL[name])  # fmt: skip
@@ -144,10 +155,10 @@ def test_wrapped_call_with_the_drawn_noise_is_the_stock_call_and_has_gradients(p
 
 def test_flux_noise_is_packed_and_wan_noise_is_a_video_grid(pipes):
     flux, wan = pipes("flux"), pipes("wan")
-    noise, _ = noise_family(flux).draw(flux, CALL["flux"], 0, torch.float32)
+    noise, _ = draw_noise(flux, noise_family(flux), CALL["flux"], 0, torch.float32)
     channels = flux.transformer.config.in_channels
     assert noise.shape == (1, (32 // 2) * (32 // 2), channels)  # (B, h/2 · w/2, 4C): 2×2 patches of 1-px latents
-    noise, _ = noise_family(wan).draw(wan, dict(CALL["wan"], num_frames=5), 0, torch.float32)
+    noise, _ = draw_noise(wan, noise_family(wan), dict(CALL["wan"], num_frames=5), 0, torch.float32)
     assert noise.shape == (1, 16, 2, 32 // 8, 32 // 8)  # (B, C, 1 + (5 − 1)/4, h, w)
 
 
@@ -161,7 +172,7 @@ def test_explore_one_seed_reproduces_the_stock_call(pipes):
     )
     np.testing.assert_array_equal(result.images, stock(pipe, "sd", 7, output_type="np"))
     assert result.seed == 7 and result.iteration == 0 and list(result.history) == [7]
-    noise, _ = noise_family(pipe).draw(pipe, CALL["sd"], 7, torch.float32)
+    noise, _ = draw_noise(pipe, noise_family(pipe), CALL["sd"], 7, torch.float32)
     torch.testing.assert_close(result.latents, noise, atol=0, rtol=0)  # the noise the pipeline drew
     again = pipe(PROMPT, latents=result.latents, output_type="np", **CALL["sd"]).images
     np.testing.assert_array_equal(again, result.images)
@@ -238,7 +249,7 @@ def test_a_worse_last_iterate_is_not_returned(pipes):
     losses = [step.loss for step in result.history[4]]
     assert losses[0] < losses[1] < losses[2] and result.iteration == 0 and result.loss == losses[0]
     np.testing.assert_array_equal(result.images, stock(pipe, "sd", 4, output_type="np"))  # the initial noise's
-    noise, _ = noise_family(pipe).draw(pipe, CALL["sd"], 4, torch.float32)
+    noise, _ = draw_noise(pipe, noise_family(pipe), CALL["sd"], 4, torch.float32)
     torch.testing.assert_close(result.latents, noise, atol=0, rtol=0)
 
 
@@ -253,7 +264,7 @@ def test_across_seeds_the_lowest_loss_wins(pipes):
 
 def _carinox_first_step(pipe, name, s, rewards, cfg):
     """CARINOX's loop, literally: per reward loss_i.backward(retain_graph) → clip_grad_norm_ → sum → clip → SGD."""
-    noise, state = noise_family(pipe).draw(pipe, CALL[name], s, torch.float32)
+    noise, state = draw_noise(pipe, noise_family(pipe), CALL[name], s, torch.float32)
     eps = torch.nn.Parameter(noise.clone())
     optimizer = torch.optim.SGD([eps], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     image = media(differentiable_call(pipe, PROMPT, latents=eps, generator=generator_from(state), output_type="pt",
@@ -477,7 +488,7 @@ def test_cli_optimize_on_a_one_step_pipeline(tmp_path, capsys, monkeypatch):
         (["image", PROMPT, "--explore", "2", "--bottleneck", "wan-2x"], "--explore and --bottleneck"),
         (["image", PROMPT, "--rewards", "nope:1"], "--rewards: "),
         (["image", PROMPT, "--rewards", "shapes-clip:abc"], "--rewards: "),
-        (["image", PROMPT, "--explore", "2", "--seed", "-1"], "--seed/--explore: "),
+        (["image", PROMPT, "--explore", "2", "--seed", str(2**63 - 1)], "--seed/--explore: "),
     ],
 )
 def test_cli_noise_errors_name_the_flag(argv, message, tmp_path, capsys):

@@ -1,12 +1,14 @@
-"""SparseAttentionConfig validation, the dense/refresh/sparse schedule, and unsupported-model errors."""
+"""SparseAttentionConfig validation, the dense/refresh/sparse schedule and its step rule, and unsupported-model
+errors."""
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
 
 import unbottle
-from unbottle.attention_processors.schedule import StepKind, step_kind
+from unbottle.attention_processors.schedule import StepKind, StepRule, step_kind
 
 NAN, INF = float("nan"), float("inf")
 
@@ -172,3 +174,31 @@ def test_step_kind_invariants(full, refresh, reshape):
     else:
         assert runs == []
     assert len([k for k in kinds if k is D]) == (max(full - 1, 0) if reshape else full)
+
+
+def test_step_rule_resolves_a_fraction_from_what_the_front_knows():
+    rule = StepRule(unbottle.SparseAttentionConfig(full_steps=0.25, reshape=False), "tell the count.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known count, or the clock's timestep threshold: no guess, no warning
+        assert [rule.kind(i, 8) for i in range(4)] == [D, D, S, S]  # ceil(0.25 · 8) = 2 dense steps
+        assert rule.kind(7, by_timestep=True) is D  # the threshold not crossed yet: still dense
+        assert [rule.kind(i, by_timestep=True, full_until=3) for i in (2, 3)] == [D, S]
+    guess = r"full_steps=0\.25 is a fraction .* assuming 12\. Give full_steps as a count, tell the count\."
+    with pytest.warns(UserWarning, match=guess):
+        assert [rule.kind(i, assumed_steps=12) for i in (2, 3)] == [D, S]  # ceil(0.25 · 12) = 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once already
+        assert [rule.kind(i) for i in (12, 13)] == [D, S]  # nothing to go by: 50 steps, ceil(12.5) = 13 dense
+
+
+def test_step_rule_first_step_dense_waits_for_the_count():
+    config = unbottle.SparseAttentionConfig(full_steps=0.01, reshape=True)
+    with pytest.warns(UserWarning, match="assuming 50"):
+        assert StepRule(config, "").kind(0) is R  # ceil(0.01 · 50) = 1 full step: a refresh, with reshape
+    rule = StepRule(config, "", first_step_dense=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rule.kind(0) is D  # dense whatever the count turns out to be, and no guess yet
+    with pytest.warns(UserWarning, match="assuming 50"):
+        assert rule.kind(1) is S
+

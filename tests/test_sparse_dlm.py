@@ -1,4 +1,4 @@
-"""SparseD sparse attention on transformers diffusion LMs (issue #9): the AttentionInterface function and its schedule.
+"""SparseD sparse attention on transformers diffusion LMs: the AttentionInterface function and its schedule.
 
 Tiny random LLaDA2-style / DiffusionGemma models for behaviour (exactness at density 1.0, dense steps equal to the
 original implementation, patterns once per generation, padding, disable), and the shipped shapes DLM for quality
@@ -14,7 +14,7 @@ import torch
 
 import unbottle
 from unbottle.attention_processors import (
-    DLMSparseAttentionHandle,
+    SparseAttentionHandle,
     dlm_step_callback,
     notify_dlm_generation_start,
     notify_dlm_step,
@@ -95,7 +95,7 @@ def test_dense_steps_are_exact_then_one_pattern_per_generation(llada, pattern, p
     ids = _document(tok, 24, 16, seed=1)
     _, dense_logits, _ = _run(model, tok, None, ids, 24)
     handle = unbottle.enable_sparse_attention(model, _config(density=0.4, full_steps=2, pattern=pattern))
-    assert isinstance(handle, DLMSparseAttentionHandle) and model.config._attn_implementation == "unbottle_sparse"
+    assert isinstance(handle, SparseAttentionHandle) and model.config._attn_implementation == "unbottle_sparse"
     try:
         counts = []
         notify_dlm_generation_start(model, 24, 16)
@@ -132,7 +132,7 @@ def test_dense_steps_are_exact_then_one_pattern_per_generation(llada, pattern, p
 def test_isolated_selection_keeps_generated_blocks(llada):
     """SparseD's isolated selection: every query block keeps top blocks of the generated region too, even when the
     prompt's blocks hold all the attention mass a joint top-k would rank by."""
-    from unbottle.attention_processors.transformers_attention import isolated_selection
+    from unbottle.attention_processors.patterns import isolated_selection
 
     scores = torch.tensor([[[0.5, 0.3, 0.2, 0.0, 0.0, 0.0]]])  # (H, nQ, nK): the generated blocks (3–5) score 0
     gen_scores = torch.tensor([[[0.0, 0.0, 0.0, 0.1, 0.6, 0.3]]])

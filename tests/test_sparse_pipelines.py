@@ -11,7 +11,7 @@ import torch
 from diffusers.hooks import HookRegistry
 
 import unbottle
-from unbottle.attention_processors import engine
+from unbottle.attention_processors import engine, processor
 from unbottle.attention_processors.state import CURRENT_FORWARD, LAYER_HOOK
 from unbottle.testing import IMAGE_FIXTURES, VIDEO_FIXTURES
 
@@ -183,14 +183,14 @@ LAYOUTS = {
 @pytest.mark.parametrize("name", FAMILIES)
 def test_layers_see_the_token_layout(name, pipes, monkeypatch):
     seen = []
-    attend = engine.SparseLayer.attend
+    attend = processor.SparseLayer.attend
 
     def recording(self, q, k, v, attn_mask=None, scale=None):
         info = CURRENT_FORWARD.get()
         seen.append((q.shape[2], info.layout if info is not None else None))
         return attend(self, q, k, v, attn_mask=attn_mask, scale=scale)
 
-    monkeypatch.setattr(engine.SparseLayer, "attend", recording)
+    monkeypatch.setattr(processor.SparseLayer, "attend", recording)
     pipe = pipes(name)
     unbottle.enable_sparse_attention(pipe, SPARSE)
     try:

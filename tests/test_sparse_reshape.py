@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from unbottle import SparseAttentionConfig
 from unbottle.attention_processors import block_mask as bm
-from unbottle.attention_processors import engine, reference, reshape
+from unbottle.attention_processors import engine, processor, reference, reshape
+from unbottle.attention_processors.engine import PatternStore
 from unbottle.attention_processors.layout import TokenLayout
-from unbottle.attention_processors.state import CURRENT_FORWARD, ForwardInfo, LayerStateHook, PatternStore
+from unbottle.attention_processors.state import CURRENT_FORWARD, ForwardInfo, LayerStateHook
 
 TOL = 1e-5
 GRID = TokenLayout((1, 8, 8))  # 64 tokens; block size 8 = one grid row per block
@@ -29,7 +30,7 @@ def rel_err(actual, expected):
 
 
 def make_layer(**cfg):
-    return engine.SparseLayer("layer", SparseAttentionConfig(**cfg), LayerStateHook(), PatternStore())
+    return processor.SparseLayer("layer", SparseAttentionConfig(**cfg), LayerStateHook(), PatternStore())
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Triton block-sparse forward kernel (issue #5) against the PyTorch reference, on fresh random inputs.
+"""Triton block-sparse forward kernel against the PyTorch reference, on fresh random inputs.
 
 With CUDA the kernel runs on the GPU. Without it, it runs in Triton's interpreter, which reads TRITON_INTERPRET=1
 when triton is first imported; in a pytest session triton is already imported by then (through unbottle), so the

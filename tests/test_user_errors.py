@@ -12,8 +12,8 @@ from torch.nn.attention.flex_attention import create_block_mask  # noqa: E402
 import unbottle  # noqa: E402
 import unbottle.cli.loading as loading  # noqa: E402
 from unbottle.cli import build_parser, main  # noqa: E402
-from unbottle.cli.errors import RunError  # noqa: E402
 from unbottle.cli.generate import check_gen_length  # noqa: E402
+from unbottle.errors import RunError  # noqa: E402
 from unbottle.testing.language import tiny_llada2_pipeline  # noqa: E402
 
 PROMPT = "a red circle to the left of a blue square"
@@ -105,7 +105,7 @@ def test_explored_seeds_past_the_largest_are_refused_before_loading(tmp_path, ca
 
 
 def test_bench_quality_checks_its_output_folder_before_the_run(tmp_path, capsys, monkeypatch):
-    import unbottle.bench.quality as quality
+    import unbottle.bench.quality.run as quality
 
     monkeypatch.setattr(quality, "run_quality", lambda *a, **k: pytest.fail("the benchmark ran"))
     blocker = tmp_path / "afile"
@@ -117,7 +117,7 @@ def test_bench_quality_checks_its_output_folder_before_the_run(tmp_path, capsys,
 
 
 def test_bench_quality_failure_takes_back_the_folders_it_made(tmp_path, monkeypatch):
-    import unbottle.bench.quality as quality
+    import unbottle.bench.quality.run as quality
 
     def interrupted(*args, **kwargs):
         assert (tmp_path / "new" / "out").is_dir()  # made before the run

@@ -1,11 +1,10 @@
 """unbottle: training-free speed and alignment methods for diffusers and transformers pipelines.
 
-Public API (names fixed by DESIGN.md). Features whose issue has not landed are importable stand-ins that raise
-`NotImplementedError` naming the issue.
+Public API: sparse attention, bottleneck sampling, structured guidance, rewards and noise search, diffusion LMs, and
+the model-family registry every feature reads.
 """
 
 from . import rewards
-from ._pending import PendingFeatureError
 from .attention_processors import (
     SparseAttentionConfig,
     SparseAttnProcessor,
@@ -15,17 +14,17 @@ from .attention_processors import (
     load_head_patterns,
     save_head_patterns,
 )
+from .families import Family, register_family
 from .guidance import disable_structured_guidance, enable_structured_guidance, noun_phrases
 from .pipelines import BottleneckSampler, DiffusionLMPipeline, NoiseSearch, Stage
 from .rewards import category_rewards, load_reward
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "BottleneckSampler",
     "DiffusionLMPipeline",
+    "Family",
     "NoiseSearch",
-    "PendingFeatureError",
     "SparseAttentionConfig",
     "SparseAttnProcessor",
     "Stage",
@@ -39,6 +38,7 @@ __all__ = [
     "load_head_patterns",
     "load_reward",
     "noun_phrases",
+    "register_family",
     "rewards",
     "save_head_patterns",
 ]

@@ -1,6 +1,6 @@
 """The embedded default models that every CLI verb runs on when no `--model` is given (offline, CPU, seconds).
 
-They are the shipped "shapes" models (`unbottle.shapes.pretrained`, issue #4): a stock `WanPipeline` trained on the
+They are the shipped "shapes" models (`unbottle.shapes.pretrained`): a stock `WanPipeline` trained on the
 shapes world for `image` (1-frame videos) and `video`, and a bidirectional GemmaForCausalLM trained on key–value
 retrieval in diffusers' `LLaDA2Pipeline` for `text` (prompts look like "k3 = v8 v91 ; ... query k3 ->").
 """

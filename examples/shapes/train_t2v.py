@@ -69,7 +69,7 @@ def build_pipeline(vocab_words: tuple[str, ...] | None = None, text_layers: int 
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from unbottle.testing.tokenizers import WORDS, word_level_tokenizer
+    from unbottle.tokenizers import WORDS, word_level_tokenizer
 
     tokenizer = word_level_tokenizer(226, words=vocab_words or WORDS)
     text_config = UMT5Config(vocab_size=len(tokenizer), d_model=text_width, d_kv=32, d_ff=2 * text_width,

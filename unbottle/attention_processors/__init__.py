@@ -1,18 +1,20 @@
-"""Sparse attention: Re-ttention statistical reshape and SparseD cached per-head block patterns, for every family."""
+"""Sparse attention: Re-ttention statistical reshape and SparseD cached per-head block patterns, for every family.
 
-from .adapters import ADAPTERS, supported_families
+One engine (engine.py: schedule × pattern × reshape) behind two fronts: diffusers processors and hooks
+(processor.py, state.py, attach.py) and transformers' attention interface (transformers_attention.py, dlm_state.py).
+"""
+
 from .block_sparse import block_sparse_attention
 from .config import SparseAttentionConfig
 from .dlm_state import dlm_step_callback, notify_dlm_generation_start, notify_dlm_step
-from .enable import SparseAttentionHandle, disable_sparse_attention, enable_sparse_attention
+from .enable import disable_sparse_attention, enable_sparse_attention
+from .handle import SparseAttentionHandle
 from .pattern_files import load_head_patterns, save_head_patterns
 from .processor import SparseAttnProcessor
-from .transformers_attention import ATTENTION_NAME, DLMSparseAttentionHandle, sparse_attention_forward
+from .transformers_attention import ATTENTION_NAME, sparse_attention_forward
 
 __all__ = [
-    "ADAPTERS",
     "ATTENTION_NAME",
-    "DLMSparseAttentionHandle",
     "SparseAttentionConfig",
     "SparseAttentionHandle",
     "SparseAttnProcessor",
@@ -25,5 +27,4 @@ __all__ = [
     "notify_dlm_step",
     "save_head_patterns",
     "sparse_attention_forward",
-    "supported_families",
 ]

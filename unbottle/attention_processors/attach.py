@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.hooks import HookRegistry
 
-from .adapters import FamilyAdapter, adapter_for
+from ..families import SelfAttention, UnsupportedModelError, family_for_model
 from .config import SparseAttentionConfig
-from .state import MODEL_HOOK, NO_BRANCH, Clock, ForwardInfo, LayerStateHook, ModelClockHook, layer_state_hook
+from .diffusers_compat import NO_BRANCH, refresh_contexts, register_hook
+from .state import MODEL_HOOK, Clock, ForwardInfo, LayerStateHook, ModelClockHook, layer_state_hook
 
 
 @dataclass
@@ -24,14 +24,14 @@ class Attachment:
     """The hooks sparse attention put on one denoiser."""
 
     model: torch.nn.Module
-    adapter: FamilyAdapter
+    adapter: SelfAttention  # the family's sparse-attention part
     clock: ModelClockHook
     layer_hooks: dict[str, LayerStateHook] = field(default_factory=dict)  # by module name
     names: dict[int, str] = field(default_factory=dict)  # id(module) -> module name
 
 
-def sparse_modules(model: torch.nn.Module, adapter: FamilyAdapter) -> dict[str, torch.nn.Module]:
-    """The self-attention modules the adapter makes sparse, by name."""
+def sparse_modules(model: torch.nn.Module, adapter: SelfAttention) -> dict[str, torch.nn.Module]:
+    """The self-attention modules the family's attention part makes sparse, by name."""
     return {
         name: module for name, module in model.named_modules()
         if hasattr(module, "processor") and adapter.selects(name) and not getattr(module, "is_cross_attention", False)
@@ -42,7 +42,7 @@ def attach(
     model: torch.nn.Module, config: SparseAttentionConfig, num_steps: Callable[[], int | None] | None = None
 ) -> Attachment:
     """Register the clock on `model` and a statistics hook on each sparse layer; diffusers' contexts reach them."""
-    adapter = adapter_for(model)
+    adapter = family_for_model(model, "sparse").attention
     attachment = Attachment(model, adapter, clock=None)  # type: ignore[arg-type]
 
     def on_new_generation(branch: str) -> None:
@@ -56,12 +56,11 @@ def attach(
 
     fraction = config.full_steps if isinstance(config.full_steps, float) else None
     attachment.clock = ModelClockHook(adapter.read_call, on_new_generation, num_steps, fraction, on_rename)
-    registry = HookRegistry.check_if_exists_or_initialize(model)
-    registry.register_hook(attachment.clock, MODEL_HOOK)
+    register_hook(model, attachment.clock, MODEL_HOOK)
     for name, module in sparse_modules(model, adapter).items():
         attachment.layer_hooks[name] = layer_state_hook(module)
         attachment.names[id(module)] = name
-    registry.invalidate_child_registries_cache()  # so cache_context names reach the new hooks
+    refresh_contexts(model)  # so cache_context names reach the new hooks
     return attachment
 
 
@@ -104,8 +103,8 @@ def running_denoiser(max_depth: int = 64) -> tuple[torch.nn.Module, dict, object
         owner = frame.f_locals.get("self")
         if found is None and isinstance(owner, torch.nn.Module) and frame.f_code.co_name == "forward":
             try:
-                adapter_for(owner)
-            except ValueError:
+                family_for_model(owner, "sparse")
+            except UnsupportedModelError:
                 pass
             else:
                 found = (owner, _call_arguments(owner, frame))

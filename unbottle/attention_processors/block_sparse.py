@@ -1,6 +1,6 @@
 """`block_sparse_attention`: attention over the kept tiles of a FlexAttention `BlockMask`, with log-sum-exps.
 
-CPU runs the PyTorch reference. CUDA runs our Triton kernel (issue #5, its TMA path) where it was measured faster:
+CPU runs the PyTorch reference. CUDA runs our Triton kernel (on Hopper its TMA path) where it was measured faster:
 on Hopper, fp16/bf16, power-of-two head sizes, from `TRITON_MIN_KEYS` keys up (on an H200 1.07–1.2× compiled
 FlexAttention from 17,776 keys, and no recompilation per sequence length; at 4,608 keys FlexAttention is level or
 ahead, bench/results/attention-h200.md). Everything else runs compiled FlexAttention (eager FlexAttention ignores

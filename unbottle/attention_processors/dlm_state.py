@@ -24,29 +24,20 @@ prompt), or more masked tokens at the same length. This needs the mask token id 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from .config import SparseAttentionConfig
-from .schedule import StepKind, step_kind
+from .engine import LayerState, PatternStore
+from .handle import HANDLE_ATTR
+from .schedule import StepKind, StepRule
 
-STATE_ATTR = "_unbottle_sparse_dlm"  # the model's DLMSparseAttentionHandle (see transformers_attention.py)
-ASSUMED_NUM_STEPS = 50  # a fractional `full_steps` with no step total known and no gen_length to go by
-
-
-@dataclass
-class DLMLayerState:
-    """One attention layer's share of a generation: patterns per (batch, query, key) shape, reshape statistics."""
-
-    patterns: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    block_masks: dict[tuple[int, int, int], Any] = field(default_factory=dict)  # the patterns as BlockMasks
-    rho: torch.Tensor | None = None  # (B, H, Nq, 1) fp32, Re-ttention (reshape=True only)
-    residual: torch.Tensor | None = None  # (B, H, Nq, D)
-    sparse_since_refresh: int = 0
+ADVICE = (
+    "call unbottle.attention_processors.notify_dlm_step(model, step, total_steps), or pass "
+    "callback_on_step_end=dlm_step_callback(model) to the pipeline."
+)  # how to tell the step count, ending the schedule's warning
 
 
 @dataclass
@@ -65,18 +56,18 @@ class DLMGeneration:
 
 
 class DLMSparseState:
-    """Per-model sparse attention state for diffusion LMs: config, step clock, generation info, layer caches."""
+    """Per-model sparse attention state for diffusion LMs: step clock, generation info, per-layer states."""
 
     def __init__(self, config: SparseAttentionConfig, mask_token_id: int | None = None) -> None:
         self.config = config
+        self.rule = StepRule(config, ADVICE, first_step_dense=True)
         self.step = 0
         self.mode = "auto"  # "auto" (forwards are steps), "notified" (notify_dlm_step), "callback" (dlm_step_callback)
         self.mask_token_id = mask_token_id
         self.generation = DLMGeneration()
-        self.layers: dict[str, DLMLayerState] = {}
-        self.computed: dict[str, int] = {}  # pattern computations per layer, over all generations (tests count them)
+        self.layers: dict[str, LayerState] = {}  # this generation's, patterns included
+        self.store = PatternStore()  # pattern computations per layer, over all generations (the patterns: in layers)
         self.generations = 0  # generations started since enable (notified, reset or detected)
-        self._warned = False
 
     # -- generations ------------------------------------------------------------------------------------------------
     def start_generation(
@@ -91,11 +82,9 @@ class DLMSparseState:
         self.step = 0
         self.generations += 1
 
-    def layer(self, name: str) -> DLMLayerState:
-        return self.layers.setdefault(name, DLMLayerState())
-
-    def count_pattern(self, name: str) -> None:
-        self.computed[name] = self.computed.get(name, 0) + 1
+    def layer(self, name: str) -> LayerState:
+        """Layer `name`'s state in this generation."""
+        return self.layers.setdefault(name, LayerState())
 
     # -- the clock --------------------------------------------------------------------------------------------------
     def notify_step(self, step: int, total_steps: int | None) -> None:
@@ -188,24 +177,8 @@ class DLMSparseState:
     # -- the schedule -----------------------------------------------------------------------------------------------
     def kind(self) -> StepKind:
         """This step's kind: dense for the first `full_steps`, then sparse (with Re-ttention refreshes if reshape)."""
-        cfg = self.config
-        total = self.generation.total_steps
-        full = cfg.num_full_steps(total)
-        if full is None:  # a fraction of an unknown number of steps
-            if self.step == 0 and cfg.full_steps > 0:
-                return StepKind.DENSE  # step 0 is dense under any positive fraction, whatever the total
-            assumed = self.generation.gen_length or ASSUMED_NUM_STEPS
-            if not self._warned:
-                warnings.warn(
-                    f"unbottle sparse attention: full_steps={cfg.full_steps} is a fraction but the number of steps is "
-                    f"unknown; assuming {assumed}. Give full_steps as a count, call "
-                    "unbottle.attention_processors.notify_dlm_step(model, step, total_steps), or pass "
-                    "callback_on_step_end=dlm_step_callback(model) to the pipeline.",
-                    stacklevel=4,
-                )
-                self._warned = True
-            full = cfg.num_full_steps(assumed)
-        return step_kind(self.step, full, cfg.refresh_every, needs_statistics=cfg.reshape)
+        gen = self.generation
+        return self.rule.kind(self.step, gen.total_steps, assumed_steps=gen.gen_length, stacklevel=4)
 
 
 def _model_of(model_or_pipe: object) -> object:
@@ -217,7 +190,7 @@ def _model_of(model_or_pipe: object) -> object:
 
 def dlm_state(model_or_pipe: object) -> DLMSparseState | None:
     """The model's diffusion-LM sparse attention state, or None if sparse attention is not enabled on it."""
-    handle = getattr(_model_of(model_or_pipe), STATE_ATTR, None)
+    handle = getattr(_model_of(model_or_pipe), HANDLE_ATTR, None)
     return handle.state if handle is not None else None
 
 

@@ -2,52 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
-from diffusers.hooks import HookRegistry
 
-from .adapters import FamilyAdapter, adapter_for
+from ..families import family_for_model
 from .attach import attach, scheduler_steps, sparse_modules
 from .config import SparseAttentionConfig
+from .diffusers_compat import default_processor, remove_hooks, require_supported_diffusers
+from .engine import PatternStore
+from .handle import HANDLE_ATTR, SparseAttentionHandle
 from .processor import SparseAttnProcessor
-from .state import LAYER_HOOK, MODEL_HOOK, LayerStateHook, PatternStore
+from .state import LAYER_HOOK, MODEL_HOOK
 from .transformers_attention import (
-    DLMSparseAttentionHandle,
     disable_transformers_sparse_attention,
     enable_transformers_sparse_attention,
     is_transformers_model,
 )
-
-HANDLE_ATTR = "_unbottle_sparse"
-
-
-@dataclass
-class SparseAttentionHandle:
-    """What `enable_sparse_attention` changed, to undo it exactly, and the patterns it caches."""
-
-    model: torch.nn.Module
-    config: SparseAttentionConfig
-    adapter: FamilyAdapter
-    originals: dict[str, object]  # the model's processors before, by `attn_processors` key (same objects)
-    store: PatternStore
-    layer_hooks: dict[str, LayerStateHook] = field(default_factory=dict)
-
-    @property
-    def pattern_computations(self) -> dict[str, int]:
-        """How many times each layer computed a pattern (cached patterns: once per resolution)."""
-        return dict(self.store.computed)
-
-    def reset(self) -> None:
-        """Forget every layer's statistics and the step clocks (the cached patterns stay)."""
-        for hook in self.layer_hooks.values():
-            hook.states.clear()
-        clock = HookRegistry.check_if_exists_or_initialize(self.model).get_hook(MODEL_HOOK)
-        if clock is not None:
-            clock.clocks.clear()
-
-    def disable(self) -> None:
-        disable_sparse_attention(self.model)
 
 
 def language_model_of(pipe_or_model: object) -> torch.nn.Module | None:
@@ -81,9 +50,7 @@ def denoiser_of(pipe_or_model: object) -> tuple[torch.nn.Module, object | None]:
     raise ValueError(f"expected a diffusers pipeline or its transformer/unet, got {type(pipe_or_model).__name__}")
 
 
-def enable_sparse_attention(
-    pipe_or_model: object, config: SparseAttentionConfig
-) -> SparseAttentionHandle | DLMSparseAttentionHandle:
+def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig) -> SparseAttentionHandle:
     """Sparse self-attention (Re-ttention reshape + SparseD cached patterns) on a pipeline's denoiser, or on a
     transformers diffusion LM (or its pipeline's `.model`) through transformers' AttentionInterface (SparseD)."""
     if not isinstance(config, SparseAttentionConfig):
@@ -94,7 +61,7 @@ def enable_sparse_attention(
         mask_id = mask_id if isinstance(mask_id, int) and not isinstance(mask_id, bool) else None
         return enable_transformers_sparse_attention(language_model, config, mask_id)
     model, pipe = denoiser_of(pipe_or_model)
-    adapter = adapter_for(model)
+    family = family_for_model(model, "sparse")
     if getattr(model, HANDLE_ATTR, None) is not None or any(
         isinstance(p, SparseAttnProcessor) for p in model.attn_processors.values()
     ):
@@ -102,9 +69,10 @@ def enable_sparse_attention(
             f"sparse attention is already enabled on this {type(model).__name__}; call "
             "unbottle.disable_sparse_attention first to change its config"
         )
-    selected = sparse_modules(model, adapter)
+    selected = sparse_modules(model, family.attention)
     if not selected:
         raise ValueError(f"found no self-attention module in {type(model).__name__} to make sparse")
+    require_supported_diffusers()  # before anything changes: the hooks below read diffusers internals
     originals = dict(model.attn_processors)
     store = PatternStore()
     processors = {}
@@ -115,18 +83,10 @@ def enable_sparse_attention(
         )
     model.set_attn_processor(processors)
     attachment = attach(model, config, scheduler_steps(pipe) if pipe is not None else None)
-    handle = SparseAttentionHandle(model, config, adapter, originals, store, attachment.layer_hooks)
+    handle = SparseAttentionHandle(model, config, store, originals, family=family, layer_hooks=attachment.layer_hooks,
+                                   clock=attachment.clock, undo=disable_sparse_attention)  # fmt: skip
     setattr(model, HANDLE_ATTR, handle)
     return handle
-
-
-def _detach(model: torch.nn.Module) -> None:
-    registry = HookRegistry.check_if_exists_or_initialize(model)
-    registry.remove_hook(MODEL_HOOK, recurse=False)
-    for module in model.modules():
-        if hasattr(module, "_diffusers_hook") and module._diffusers_hook.get_hook(LAYER_HOOK) is not None:
-            module._diffusers_hook.remove_hook(LAYER_HOOK, recurse=False)
-    registry.invalidate_child_registries_cache()
 
 
 def disable_sparse_attention(pipe_or_model: object) -> None:
@@ -136,7 +96,13 @@ def disable_sparse_attention(pipe_or_model: object) -> None:
     if language_model is not None:
         disable_transformers_sparse_attention(language_model)
         return
-    model, _ = denoiser_of(pipe_or_model)
+    expected = "disable_sparse_attention expects a diffusers pipeline, its transformer/unet, or a transformers model"
+    try:
+        model, _ = denoiser_of(pipe_or_model)
+    except ValueError:
+        raise ValueError(f"{expected}, got {type(pipe_or_model).__name__}") from None
+    if not hasattr(model, "attn_processors"):
+        raise ValueError(f"{expected}; {type(model).__name__} has no attention processors")
     handle = getattr(model, HANDLE_ATTR, None)
     if handle is not None:
         model.set_attn_processor(handle.originals)
@@ -152,7 +118,7 @@ def disable_sparse_attention(pipe_or_model: object) -> None:
             if isinstance(processor, SparseAttnProcessor):
                 processor = processor.stock_processor(module)
                 if processor is None:  # never called: the family's default
-                    processor = module._default_processor_cls() if hasattr(module, "_default_processor_cls") else None
+                    processor = default_processor(module)
             restored[key] = processor
         if any(p is None for p in restored.values()):
             raise RuntimeError("cannot tell the stock processors of a drop-in SparseAttnProcessor that never ran")
@@ -160,4 +126,4 @@ def disable_sparse_attention(pipe_or_model: object) -> None:
         for processor in current.values():
             if isinstance(processor, SparseAttnProcessor):
                 processor.forget()
-    _detach(model)
+    remove_hooks(model, MODEL_HOOK, LAYER_HOOK)

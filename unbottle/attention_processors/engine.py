@@ -1,94 +1,129 @@
 """The engine: one self-attention call = schedule (what kind of step) × pattern (which blocks) × correction (reshape).
 
-`SparseLayer.attend` receives q/k/v exactly as the stock processor hands them to scaled-dot-product attention
-(after projections, QK-norm and RoPE), (B, H, N, D), and returns the output or None to let the stock SDPA run.
+`attend` is the one flow both fronts run, the diffusers processors (processor.py) and transformers' attention
+interface (transformers_attention.py). It takes q/k/v as the stock attention would get them (after projections,
+norms and RoPE, key/value heads expanded), (B, H, N, D), the kind of this step (schedule.StepRule), the layer's
+`LayerState` for this CFG branch or generation, and a pattern provider, and returns the output, or None where the
+stock dense attention runs. Providers are strategies of the one flow: `DiTPatterns` (text and diagonal blocks forced,
+patterns kept per layer and resolution across generations) and `SparseDPatterns` (isolated selection per row,
+patterns kept per generation).
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
+from ..families.layout import TokenLayout
 from .block_mask import num_blocks, pattern_to_block_mask
 from .block_sparse import block_sparse_attention, dense_attention_with_lse
 from .config import SparseAttentionConfig
-from .layout import TokenLayout
-from .patterns import exact_block_importance, forced_blocks, pooled_scores, select_blocks, window_scores
+from .patterns import (
+    diagonal_blocks,
+    exact_block_importance,
+    forced_blocks,
+    isolated_selection,
+    pooled_scores,
+    prompt_boundary,
+    select_blocks,
+    sequence_window_scores,
+    valid_key_blocks,
+    window_scores,
+)
 from .reference import block_sparse_attention_reference
 from .reshape import apply_reshape, capture_statistics
-from .schedule import StepKind, step_kind
-from .state import CURRENT_FORWARD, ForwardInfo, LayerState, LayerStateHook, ModelClockHook, PatternStore
+from .schedule import StepKind
 
-ASSUMED_NUM_STEPS = 50  # for a fractional `full_steps` when nothing tells the number of steps (drop-in, no clock)
+_IMPORTANCE_BUDGET = 2**27  # fp32 scores per chunk when pooling exact attention row by row (≈512 MiB)
 
 
 @dataclass
-class SparseLayer:
-    """One sparse self-attention layer: its name, its per-branch statistics hook, the shared config and patterns."""
+class LayerState:
+    """One layer's state for one CFG branch (diffusers) or one generation (transformers)."""
+
+    rho: torch.Tensor | None = None  # (B, H, N, 1) fp32, Re-ttention (reshape=True only)
+    residual: torch.Tensor | None = None  # (B, H, N, D)
+    sparse_since_refresh: int = 0
+    calls: int = 0  # steps counted by calls, when no clock tells the step
+    # patterns that live exactly as long as this state (SparseD: one generation), per (batch, queries, keys)
+    patterns: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    block_masks: dict[tuple[int, int, int], Any] = field(default_factory=dict)  # the patterns as BlockMasks
+
+
+@dataclass
+class PatternStore:
+    """Patterns shared by all layers of one enable call (DiT: per layer, tokens, block size and grid, across
+    generations) and how many times each layer computed a pattern."""
+
+    patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=dict)  # pattern computations per layer (tests count them)
+    block_masks: dict = field(default_factory=dict)  # the patterns as FlexAttention BlockMasks, on their device
+    forced: dict = field(default_factory=dict)  # (tokens, block size, layout) -> (nQ, nK) always-kept tiles
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One self-attention call: q (B, H, Nq, D), k/v (B, H, Nk, D) with key/value heads already expanded."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+    mask: torch.Tensor | None = None  # for the attention math (bool or additive), broadcastable to (B, 1, Nq, Nk)
+    allowed: torch.Tensor | None = None  # bool "may attend" version of `mask`, for selection among real keys
+
+
+class PatternProvider(Protocol):
+    """Where a call's block pattern comes from: made now (from the exact LSE `lse_full` at a refresh) or cached."""
+
+    def block_mask(self, call: AttentionCall, state: LayerState, lse_full: torch.Tensor | None) -> Any: ...
+
+
+@dataclass
+class DiTPatterns:
+    """Diffusion transformers: text/conditioning blocks and the diagonal always kept, then the top `density` of key
+    blocks — by this call's pooled q·k ("dynamic"), or made once per layer and resolution from block distances in the
+    latent grid ("window") or SparseD's exact tile importance ("cached") and kept in the shared store."""
 
     name: str
     config: SparseAttentionConfig
-    hook: LayerStateHook
     store: PatternStore
-    clock: ModelClockHook | None = None  # drop-in form: the clock attached mid-forward holds that forward's info
-    _warned: bool = False
+    layout: TokenLayout
 
-    # -- schedule ---------------------------------------------------------------------------------------------------
-    def _kind(self, info: ForwardInfo | None, state: LayerState) -> StepKind:
-        cfg = self.config
-        if info is None:  # no denoiser clock (drop-in processor): steps are this layer's calls
-            step, num_steps = state.calls, None
-        else:
-            step, num_steps = info.step, info.num_steps
-        full = cfg.num_full_steps(num_steps)
-        if full is None and info is not None and info.timestep is not None:
-            if info.full_until is None:  # still above the timestep threshold of the full phase
-                return StepKind.DENSE
-            full = info.full_until + (1 if cfg.reshape else 0)
-        if full is None:
-            if not self._warned:
-                warnings.warn(
-                    f"unbottle sparse attention: full_steps={cfg.full_steps} is a fraction but the number of steps is "
-                    f"unknown here; assuming {ASSUMED_NUM_STEPS}. Give full_steps as a count, or use "
-                    "unbottle.enable_sparse_attention(pipe, config).",
-                    stacklevel=4,
-                )
-                self._warned = True
-            full = cfg.num_full_steps(ASSUMED_NUM_STEPS)
-        return step_kind(step, full, cfg.refresh_every, needs_statistics=cfg.reshape)
-
-    # -- patterns ---------------------------------------------------------------------------------------------------
-    def _forced(self, layout, n, device) -> tuple[torch.Tensor, int]:
+    def _forced(self, n: int, device: torch.device) -> tuple[torch.Tensor, int]:
         """The always-kept tiles (nQ, nK) and the most of them in one row (a host int: no sync per step)."""
-        key = (n, self.config.block_size, layout)
+        key = (n, self.config.block_size, self.layout)
         if key not in self.store.forced:
-            forced = forced_blocks(layout, n, self.config.block_size, device)
+            forced = forced_blocks(self.layout, n, self.config.block_size, device)
             self.store.forced[key] = forced, int(forced.sum(-1).max())
         forced, max_forced = self.store.forced[key]
         return forced.to(device), max_forced
 
-    def _pattern(self, q, k, v, scale, layout, lse_full=None, attn_mask=None):
-        """The block mask of this call: dynamic → from this step's pooled q·k; window/cached → made once, reused."""
-        cfg, n = self.config, q.shape[2]
+    def block_mask(self, call: AttentionCall, state: LayerState, lse_full: torch.Tensor | None) -> Any:
+        """The block mask of this call: dynamic → from this call's pooled q·k; window/cached → made once, reused."""
+        cfg, (q, k, v), n = self.config, (call.q, call.k, call.v), call.q.shape[2]
         bs = cfg.block_size
         if cfg.pattern == "dynamic":
-            forced, max_forced = self._forced(layout, n, q.device)
-            scores = pooled_scores(q, k, bs, scale)  # (B, H, nQ, nK)
+            forced, max_forced = self._forced(n, q.device)
+            scores = pooled_scores(q, k, bs, call.scale)  # (B, H, nQ, nK)
             indices, counts = select_blocks(scores, forced, cfg.density, max_forced=max_forced)
             return pattern_to_block_mask(indices, counts, bs, n, k.shape[2])
-        (f, h, w), text_len, text_first = layout.resolve(n)
+        (f, h, w), text_len, text_first = self.layout.resolve(n)
         key = (self.name, n, bs, f, h, w, text_len, text_first)  # same token count, other grid: another pattern
         if key not in self.store.patterns:
             if cfg.pattern == "window":
-                scores = window_scores(layout, n, bs, q.device)
+                scores = window_scores(self.layout, n, bs, q.device)
             else:  # cached: SparseD's exact tile importance, once per layer and resolution
                 if lse_full is None:  # a sparse step before any refresh (no reshape): one exact pass for the LSE
-                    lse_full = dense_attention_with_lse(q, k, v, attn_mask, scale)[1]
-                scores = exact_block_importance(q, k, lse_full, bs, scale, attn_mask=attn_mask)
-            forced, max_forced = self._forced(layout, n, q.device)
+                    lse_full = dense_attention_with_lse(q, k, v, call.mask, call.scale)[1]
+                scores = exact_block_importance(q, k, lse_full, bs, call.scale, attn_mask=call.mask)
+            forced, max_forced = self._forced(n, q.device)
             self.store.patterns[key] = select_blocks(scores, forced, cfg.density, max_forced=max_forced)
             self.store.computed[self.name] = self.store.computed.get(self.name, 0) + 1
         mask = self.store.block_masks.get(key)
@@ -97,51 +132,122 @@ class SparseLayer:
             mask = self.store.block_masks[key] = pattern_to_block_mask(indices, counts, bs, n, k.shape[2])
         return mask
 
-    def _sparse(self, q, k, v, block_mask, scale, attn_mask):
-        if attn_mask is not None:  # the fast paths take no extra mask yet: the reference honours it
-            return block_sparse_attention_reference(q, k, v, block_mask, scale=scale, attn_mask=attn_mask)
-        return block_sparse_attention(q, k, v, block_mask, scale=scale, return_lse=True)
 
-    # -- one call ---------------------------------------------------------------------------------------------------
-    def attend(self, q, k, v, attn_mask=None, scale=None) -> torch.Tensor | None:
-        """Sparse attention for this call, or None when this step runs the stock dense SDPA."""
+def _rows(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    return None if t is None else (t[i : i + 1] if t.shape[0] > 1 else t)
+
+
+def _exact_scores(q, k, lse, scale, bs, mask):
+    """(1, H, nQ, nK) SparseD tile importance of one row under exact attention (`lse` (1, H, Nq) its row LSE)."""
+    lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))  # rows with no key: mass 0
+    chunk = max(bs, _IMPORTANCE_BUDGET // max(1, q.shape[1] * k.shape[2]) // bs * bs)
+    return exact_block_importance(q, k, lse, bs, scale, chunk=chunk, attn_mask=mask).nan_to_num(0.0)
+
+
+@dataclass
+class SparseDPatterns:
+    """Diffusion LMs, SparseD (Wang et al., 2025): per-row, per-head isolated selection (the prompt's and the
+    generated region's key blocks ranked apart, see `isolated_selection`) plus the diagonal block, among the row's
+    real key blocks — by exact tile importance ("cached"), pooled q·k ("dynamic") or block distance ("window").
+    "cached"/"window" patterns live in the layer's state (one generation) per (batch, queries, keys)."""
+
+    name: str
+    config: SparseAttentionConfig
+    store: PatternStore  # counts the computations
+    notified_mask: torch.Tensor | None  # (B, N) 1 = real token, if notified (selection ignores the rest)
+    prompt_lengths: Callable[[int], torch.Tensor | None]  # batch -> (B,) first generated position per row, or None
+
+    def block_mask(self, call: AttentionCall, state: LayerState, lse_full: torch.Tensor | None) -> Any:
+        """This call's BlockMask: "cached"/"window" made once per generation and shape, "dynamic" every call."""
         cfg = self.config
-        if cfg.density >= 1.0:
-            return None  # every block: the stock SDPA is the exact and fastest answer
-        info = CURRENT_FORWARD.get()
-        if info is None and self.clock is not None:
-            info = self.clock.pending
-        state = self.hook.state()
-        kind = self._kind(info, state)
-        state.calls += 1
-        if kind is StepKind.DENSE:
-            return None
-        n = q.shape[2]
-        if num_blocks(n, cfg.block_size) < 2:
-            return None  # one block: sparse is dense
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        layout = (info.layout if info is not None else None) or TokenLayout()
-        stale = state.rho is None or state.rho.shape[:3] != q.shape[:3]
-        if kind is StepKind.SPARSE and cfg.reshape and stale:
-            kind = StepKind.REFRESH  # no statistics for this shape yet (first call, new resolution): capture them
-        if kind is StepKind.REFRESH:
-            out_full, lse_full = dense_attention_with_lse(q, k, v, attn_mask, scale)
-            if cfg.reshape:
-                pattern = self._pattern(q, k, v, scale, layout, lse_full, attn_mask)
-                out_sparse, lse_sparse = self._sparse(q, k, v, pattern, scale, attn_mask)
-                state.rho, state.residual = capture_statistics(out_full, lse_full, out_sparse, lse_sparse)
-                state.sparse_since_refresh = 0
-            elif cfg.pattern == "cached":
-                self._pattern(q, k, v, scale, layout, lse_full, attn_mask)
-            return out_full
-        out_sparse, _ = self._sparse(q, k, v, self._pattern(q, k, v, scale, layout, None, attn_mask), scale, attn_mask)
-        if cfg.reshape:
-            out = apply_reshape(out_sparse, state.rho, state.residual, cfg.rho_growth, state.sparse_since_refresh)
-            state.sparse_since_refresh += 1
-            return out
-        return out_sparse
+        bs = cfg.block_size
+        b, h, nq, _ = call.q.shape
+        nk = call.k.shape[2]
+        key = (b, nq, nk)
+        if cfg.pattern != "dynamic" and key in state.patterns:
+            mask = state.block_masks.get(key)
+            if mask is None or mask.kv_num_blocks.device != call.q.device:
+                indices, counts = (t.to(call.q.device) for t in state.patterns[key])
+                mask = state.block_masks[key] = pattern_to_block_mask(indices, counts, bs, nq, nk)
+            return mask
+        device = call.q.device
+        valid = valid_key_blocks(call.allowed, self.notified_mask, b, nk, bs, device)  # (B, nK)
+        prompts = self.prompt_lengths(b)
+        keeps = []
+        for i in range(b):
+            boundary = prompt_boundary(int(prompts[i]), nk, bs) if prompts is not None else None
+            q_i, k_i, v_i, m_i = call.q[i : i + 1], call.k[i : i + 1], call.v[i : i + 1], _rows(call.allowed, i)
+            gen = None
+            if cfg.pattern == "cached":
+                if lse_full is not None:
+                    lse = lse_full[i : i + 1]
+                else:
+                    lse = dense_attention_with_lse(q_i, k_i, v_i, m_i, call.scale)[1]
+                scores = _exact_scores(q_i, k_i, lse, call.scale, bs, m_i)
+                if boundary is not None:  # the generated region's own softmax (SparseD's second pass)
+                    g0 = boundary * bs
+                    m_g = None if m_i is None else m_i[..., g0:]
+                    lse_g = dense_attention_with_lse(q_i, k_i[:, :, g0:], v_i[:, :, g0:], m_g, call.scale)[1]
+                    gen = F.pad(_exact_scores(q_i, k_i[:, :, g0:], lse_g, call.scale, bs, m_g), (boundary, 0))
+            elif cfg.pattern == "dynamic":
+                scores = pooled_scores(q_i, k_i, bs, call.scale)
+            else:
+                scores = sequence_window_scores(nq, nk, bs, device).expand(1, h, -1, -1)
+            keeps.append(isolated_selection(scores[0], None if gen is None else gen[0], valid[i], boundary,
+                                            cfg.density))  # fmt: skip
+        keep = torch.stack(keeps) | diagonal_blocks(nq, nk, bs, device)  # (B, H, nQ, nK)
+        indices, counts = select_blocks(keep.float(), keep, 0.0, max_forced=int(keep.sum(-1).max()))  # kept first
+        self.store.computed[self.name] = self.store.computed.get(self.name, 0) + 1
+        mask = pattern_to_block_mask(indices, counts, bs, nq, nk)
+        if cfg.pattern != "dynamic":
+            state.patterns[key] = (indices, counts)
+            state.block_masks[key] = mask
+        return mask
 
 
-def density_of(indices: torch.Tensor, counts: torch.Tensor, n_kv_blocks: int) -> float:
-    """Fraction of (query block, key block) tiles a pattern computes."""
-    return float(counts.float().mean()) / n_kv_blocks if n_kv_blocks else math.nan
+# (fast, masked) of `block_sparse_kernels`, None: the engine's own
+_KERNELS: ContextVar[tuple[Callable | None, Callable | None]] = ContextVar("kernels", default=(None, None))
+
+
+@contextmanager
+def block_sparse_kernels(fast: Callable | None = None, masked: Callable | None = None) -> Iterator[None]:
+    """Within the block, run the engine's mask-free block-sparse calls on `fast` and those with a mask on `masked`
+    (the signatures of `block_sparse_attention` and `block_sparse_attention_reference`; None: the engine's own)."""
+    token = _KERNELS.set((fast, masked))
+    try:
+        yield
+    finally:
+        _KERNELS.reset(token)
+
+
+def run_block_sparse(call: AttentionCall, block_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention of `call` over `block_mask`: (out (B, H, Nq, D), lse (B, H, Nq))."""
+    fast, masked = _KERNELS.get()
+    if call.mask is not None:  # the fast paths take no extra mask: the reference honours padding / causality
+        return (masked or block_sparse_attention_reference)(call.q, call.k, call.v, block_mask, scale=call.scale,
+                                                            attn_mask=call.mask)  # fmt: skip
+    return (fast or block_sparse_attention)(call.q, call.k, call.v, block_mask, scale=call.scale, return_lse=True)
+
+
+def attend(
+    call: AttentionCall, kind: StepKind, state: LayerState, patterns: PatternProvider, config: SparseAttentionConfig
+) -> torch.Tensor | None:
+    """This call's output (B, H, Nq, D): None on a dense step (the stock attention runs), the exact output on a
+    refresh step (ρ and R captured), block-sparse attention (+ Re-ttention's reshape) on a sparse step."""
+    if kind is StepKind.DENSE or num_blocks(call.k.shape[2], config.block_size) < 2:
+        return None  # one block: sparse is dense
+    stale = state.rho is None or state.rho.shape[:3] != call.q.shape[:3]
+    if kind is StepKind.SPARSE and config.reshape and stale:
+        kind = StepKind.REFRESH  # no statistics for this shape yet (first call, new resolution): capture them
+    if kind is StepKind.REFRESH:
+        out_full, lse_full = dense_attention_with_lse(call.q, call.k, call.v, call.mask, call.scale)
+        out_sparse, lse_sparse = run_block_sparse(call, patterns.block_mask(call, state, lse_full))
+        state.rho, state.residual = capture_statistics(out_full, lse_full, out_sparse, lse_sparse)
+        state.sparse_since_refresh = 0
+        return out_full
+    out, _ = run_block_sparse(call, patterns.block_mask(call, state, None))
+    if config.reshape:
+        out = apply_reshape(out, state.rho, state.residual, config.rho_growth, state.sparse_since_refresh)
+        state.sparse_since_refresh += 1
+    return out
+

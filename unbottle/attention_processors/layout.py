@@ -1,36 +1,10 @@
-"""Where tokens sit in a self-attention sequence: the latent grid (frames × height × width) and the text tokens."""
+"""Per-token coordinates of a self-attention sequence laid out by a `TokenLayout` (latent grid and text tokens)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Image tokens in raster order over `grid` = (F, H, W), plus `text_len` conditioning tokens before or after."""
-
-    grid: tuple[int, int, int] | None = None  # None: unknown, tokens are a 1-D sequence
-    text_len: int = 0
-    text_first: bool = True
-
-    def resolve(self, n: int) -> tuple[tuple[int, int, int], int, bool]:
-        """(grid, text_len, text_first) for a layer that sees `n` tokens: joint, image-only, or downsampled (UNet)."""
-        if self.grid is None:
-            return (1, 1, n), 0, True
-        f, h, w = self.grid
-        image = f * h * w
-        if n == image + self.text_len:
-            return self.grid, self.text_len, self.text_first
-        if n == image:
-            return self.grid, 0, True
-        for s in (2, 4, 8, 16, 32, 64):  # UNet levels: the grid downsampled by s
-            g = (f, math.ceil(h / s), math.ceil(w / s))
-            if g[0] * g[1] * g[2] == n:
-                return g, 0, True
-        return (1, 1, n), 0, True
+from ..families.layout import TokenLayout
 
 
 def token_coordinates(

@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from .enable import HANDLE_ATTR, SparseAttentionHandle, denoiser_of
+from .enable import denoiser_of
+from .handle import HANDLE_ATTR, SparseAttentionHandle
 
 FORMAT = "3"
 READABLE_FORMATS = ("2", "3")  # "2": no checksum

@@ -1,8 +1,9 @@
 """Which key blocks each (head, query block) keeps: "window" (locality), "dynamic" (pooled q·k), "cached" (SparseD).
 
-Every pattern keeps the blocks holding text/conditioning tokens (as keys, and as dense query rows) and the diagonal
-block, then the top `ceil(density · n_key_blocks)` blocks by score. Patterns are (indices, counts) kept-block
-lists, see block_mask.py.
+DiT patterns keep the blocks holding text/conditioning tokens (as keys, and as dense query rows) and the diagonal
+block, then the top `ceil(density · n_key_blocks)` blocks by score. Diffusion-LM patterns (SparseD's isolated
+selection) keep the diagonal block and the top blocks of the prompt and of the generated region, each ranked on its
+own. Patterns are (indices, counts) kept-block lists, see block_mask.py.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..families.layout import TokenLayout
 from .block_mask import num_blocks
-from .layout import TokenLayout, token_coordinates
+from .layout import token_coordinates
 
 
 def keep_count(density: float, n_kv_blocks: int) -> int:
@@ -136,3 +138,72 @@ def _tile_sums(
         tiles = p.view(b, h, -1, block_size, nkb, block_size).sum((3, 5))  # (B, H, c/bs, nK)
         rows.append(tiles)
     return torch.cat(rows, 2)[:, :, :nqb]
+
+
+# -- SparseD's isolated selection (diffusion LMs) -------------------------------------------------------------------
+def _top(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """(…, nK) bool: the `k` highest `scores` among the `allowed` key blocks of each row."""
+    ranked = scores.float().nan_to_num(0.0).masked_fill(~allowed, float("-inf"))
+    picked = torch.zeros_like(ranked, dtype=torch.bool).scatter_(-1, ranked.topk(k, dim=-1).indices, True)
+    return picked & allowed
+
+
+def isolated_selection(
+    scores: torch.Tensor, gen_scores: torch.Tensor | None, valid: torch.Tensor, boundary: int | None, density: float
+) -> torch.Tensor:
+    """SparseD's isolated selection for one row: (H, nQ, nK) bool kept tiles from block scores (H, nQ, nK).
+
+    Pass 1 keeps the top `density` of all real key blocks by `scores`, but only those before `boundary` (the prompt);
+    pass 2 the top `density` of the real blocks from `boundary` on by `gen_scores` (the generated region's own
+    softmax). `boundary` None or 0: one joint top-k.
+    """
+    n_k = scores.shape[-1]
+    k_all = keep_count(density, max(1, int(valid.sum())))
+    keep = _top(scores, valid, k_all)
+    if boundary is None or not 0 < boundary < n_k:
+        return keep
+    in_prompt = torch.arange(n_k, device=scores.device) < boundary
+    keep = keep & in_prompt
+    gen_valid = valid & ~in_prompt
+    n_gen = int(gen_valid.sum())
+    if n_gen:
+        keep = keep | _top(gen_scores if gen_scores is not None else scores, gen_valid, keep_count(density, n_gen))
+    return keep
+
+
+def valid_key_blocks(allowed: torch.Tensor | None, notified: torch.Tensor | None, b: int, nk: int, bs: int,
+                     device: torch.device) -> torch.Tensor:  # fmt: skip
+    """(B, nK) bool: key blocks holding at least one key some query may attend to (and a real token, if notified)."""
+    keys = torch.ones(b, nk, dtype=torch.bool, device=device)
+    if allowed is not None:
+        keys = keys & allowed.any(dim=2).any(dim=1).expand(b, nk)  # (B, Nk)
+    if notified is not None and tuple(notified.shape) == (b, nk):
+        keys = keys & notified.to(device=device).bool()
+    nkb = num_blocks(nk, bs)
+    return F.pad(keys, (0, nkb * bs - nk)).view(b, nkb, bs).any(-1)
+
+
+def diagonal_blocks(nq: int, nk: int, bs: int, device: torch.device) -> torch.Tensor:
+    """(nQ, nK) bool: for each query block, the key block(s) at the same positions (queries end-aligned with keys)."""
+    offset = nk - nq
+    nqb, nkb = num_blocks(nq, bs), num_blocks(nk, bs)
+    starts = torch.arange(nqb, device=device) * bs + offset
+    ends = torch.clamp(torch.arange(1, nqb + 1, device=device) * bs, max=nq) - 1 + offset
+    blocks = torch.arange(nkb, device=device)
+    return (blocks[None, :] >= (starts // bs)[:, None]) & (blocks[None, :] <= (ends // bs)[:, None])
+
+
+def prompt_boundary(prompt: int, nk: int, bs: int) -> int | None:
+    """SparseD's prompt/generation split in key blocks: the first block wholly generated, else the last block."""
+    if prompt <= 0 or prompt >= nk:
+        return None
+    return min(math.ceil(prompt / bs), num_blocks(nk, bs) - 1)
+
+
+def sequence_window_scores(nq: int, nk: int, bs: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, nQ, nK) negative block distances along a 1-D sequence, queries end-aligned with the keys."""
+    if nq == nk:
+        return window_scores(TokenLayout(), nk, bs, device)
+    centres_q = torch.arange(num_blocks(nq, bs), device=device) * bs + (nk - nq) + bs / 2
+    centres_k = torch.arange(num_blocks(nk, bs), device=device) * bs + bs / 2
+    return -(centres_q[:, None] - centres_k[None, :]).abs()[None, None].float()

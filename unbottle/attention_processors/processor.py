@@ -1,21 +1,66 @@
-"""`SparseAttnProcessor`: wraps a family's stock processor and catches the one scaled-dot-product call it makes.
+"""The diffusers front: `SparseAttnProcessor` wraps a family's stock processor and catches its one scaled-dot-product
+call.
 
 Legacy processors (UNet, SD3, PixArt, CogVideoX) call `F.scaled_dot_product_attention` directly; dispatcher-aware
 ones (Flux, Wan, HunyuanVideo, LTX) reach it through diffusers' `native` backend. A `TorchFunctionMode`, active only
 while the wrapped processor runs, hands that call's q/k/v (B, H, N, D) — after projections, QK-norm and RoPE — to the
-engine, so no model processor code is copied. Calls that are not self-attention pass through untouched.
+layer's `SparseLayer`, which runs the engine with the denoiser clock's step and token layout, so no model processor
+code is copied. Calls that are not self-attention pass through untouched.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..families.layout import TokenLayout
 from .attach import Attachment, attach, first_forward_info, running_denoiser, scheduler_steps
 from .config import SparseAttentionConfig
-from .engine import SparseLayer
-from .state import PatternStore, layer_state_hook
+from .diffusers_compat import default_processor
+from .engine import AttentionCall, DiTPatterns, PatternStore, attend
+from .schedule import StepRule
+from .state import CURRENT_FORWARD, LayerStateHook, ModelClockHook, layer_state_hook
+
+
+@dataclass
+class SparseLayer:
+    """One sparse self-attention layer of a denoiser: its name, per-branch state hook, shared config and patterns."""
+
+    name: str
+    config: SparseAttentionConfig
+    hook: LayerStateHook
+    store: PatternStore
+    clock: ModelClockHook | None = None  # drop-in form: the clock attached mid-forward holds that forward's info
+    rule: StepRule = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rule = StepRule(self.config, "or use unbottle.enable_sparse_attention(pipe, config).")
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """Sparse attention for this call (q/k/v (B, H, N, D)), or None when this step runs the stock dense SDPA."""
+        cfg = self.config
+        if cfg.density >= 1.0:
+            return None  # every block: the stock SDPA is the exact and fastest answer
+        info = CURRENT_FORWARD.get()
+        if info is None and self.clock is not None:
+            info = self.clock.pending
+        state = self.hook.state()
+        if info is None:  # no denoiser clock (drop-in processor): steps are this layer's calls
+            kind = self.rule.kind(state.calls, stacklevel=3)
+        else:
+            kind = self.rule.kind(info.step, info.num_steps, by_timestep=info.timestep is not None,
+                                  full_until=info.full_until, stacklevel=3)  # fmt: skip
+        state.calls += 1
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        layout = (info.layout if info is not None else None) or TokenLayout()
+        patterns = DiTPatterns(self.name, cfg, self.store, layout)
+        return attend(AttentionCall(q, k, v, scale, attn_mask), kind, state, patterns, cfg)
 
 
 class _CatchSDPA(TorchFunctionMode):
@@ -50,8 +95,9 @@ def stock_processor_for(attn: torch.nn.Module, encoder_hidden_states, image_rota
     """The stock processor a module of a supported family runs by default (for the drop-in form)."""
     from diffusers.models import attention_processor as ap
 
-    if hasattr(attn, "_default_processor_cls"):  # Flux, Wan, LTX (AttentionModuleMixin)
-        return attn._default_processor_cls()
+    default = default_processor(attn)
+    if default is not None:  # Flux, Wan, LTX (AttentionModuleMixin)
+        return default
     joint = getattr(attn, "add_q_proj", None) is not None
     if image_rotary_emb is not None and (joint or getattr(attn, "to_out", None) is None):
         from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0

@@ -1,8 +1,9 @@
-"""Step awareness without the user's help: per-branch clocks on the denoiser, per-branch statistics on each layer.
+"""Step awareness without the user's help: per-branch clocks on the denoiser, per-branch layer states on each layer.
 
-Both are stateful diffusers hooks, so a pipeline's `cache_context("cond"/"uncond")` switches their branch and its
-end-of-call `_reset_stateful_cache()` clears them. The denoiser clock also spots a new generation by itself (the
-timestep went up, or the context's step index went back), which covers pipelines without either seam.
+Both are stateful diffusers hooks (diffusers_compat.py), so a pipeline's `cache_context("cond"/"uncond")` switches
+their branch and its end-of-call `_reset_stateful_cache()` clears them. The denoiser clock also spots a new
+generation by itself (the timestep went up, or the context's step index went back), which covers pipelines without
+either seam. The layer states are the engine's `LayerState`, one per CFG branch.
 """
 
 from __future__ import annotations
@@ -10,29 +11,16 @@ from __future__ import annotations
 import contextvars
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
 
-from .layout import TokenLayout
+from ..families.layout import TokenLayout
+from .diffusers_compat import NO_BRANCH, StatefulHook, context_step, get_hook, register_hook
+from .engine import LayerState
 
 MODEL_HOOK = "unbottle_sparse_clock"
 LAYER_HOOK = "unbottle_sparse_layer"
-NO_BRANCH = "_"
-
-
-class _ContextOnly(BaseState):
-    """Placeholder state: our StateManagers only receive diffusers' cache context (the branch name)."""
-
-    def reset(self) -> None:
-        pass
-
-
-def _branch(manager: StateManager) -> str:
-    context = manager._context
-    return context.name if context is not None else NO_BRANCH
 
 
 @dataclass(frozen=True)
@@ -84,10 +72,8 @@ class Clock:
         return new
 
 
-class ModelClockHook(ModelHook):
+class ModelClockHook(StatefulHook):
     """On the denoiser: tracks the step per CFG branch and publishes `ForwardInfo` for the layers of each forward."""
-
-    _is_stateful = True
 
     def __init__(
         self, read_call: Callable[[torch.nn.Module, dict], tuple[float | None, TokenLayout | None]],
@@ -95,7 +81,6 @@ class ModelClockHook(ModelHook):
         full_fraction: float | None = None, on_rename: Callable[[str, str], None] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.contexts = StateManager(_ContextOnly)
         self.read_call, self.on_new_generation, self.num_steps = read_call, on_new_generation, num_steps
         self.full_fraction, self.on_rename = full_fraction, on_rename
         self.clocks: dict[str, Clock] = {}
@@ -108,11 +93,11 @@ class ModelClockHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         self.pending = None
         if self._signature is None:
-            self._signature = inspect.signature(self.fn_ref.original_forward)
+            self._signature = inspect.signature(self.original_forward())
         bound = self._signature.bind_partial(*args, **kwargs).arguments
         timestep, layout = self.read_call(module, bound)
-        context = self.contexts._context
-        branch = context.name if context is not None else NO_BRANCH
+        branch = self.branch()
+        step_index, context_steps = context_step(self.context())
         if self.provisional and branch != NO_BRANCH and branch not in self.clocks:
             earlier = self.clocks.get(NO_BRANCH)
             if earlier is None or timestep is None or earlier.last_timestep is None:
@@ -123,9 +108,9 @@ class ModelClockHook(ModelHook):
                     self.on_rename(NO_BRANCH, branch)
                 self.provisional = False
         clock = self.clocks.setdefault(branch, Clock())
-        if clock.advance(timestep, getattr(context, "step_index", None)):
+        if clock.advance(timestep, step_index):
             self.on_new_generation(branch)
-        num_steps = getattr(context, "num_inference_steps", None) or (self.num_steps() if self.num_steps else None)
+        num_steps = context_steps or (self.num_steps() if self.num_steps else None)
         if (
             self.full_fraction is not None and num_steps is None and clock.full_until is None
             and timestep is not None and clock.first_timestep
@@ -135,7 +120,7 @@ class ModelClockHook(ModelHook):
         info = ForwardInfo(clock.step, num_steps, timestep, clock.first_timestep, clock.full_until, layout)
         token = CURRENT_FORWARD.set(info)
         try:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return self.original_forward()(*args, **kwargs)
         finally:
             CURRENT_FORWARD.reset(token)
 
@@ -144,28 +129,16 @@ class ModelClockHook(ModelHook):
         return module
 
 
-@dataclass
-class LayerState:
-    """One layer's statistics for one CFG branch."""
-
-    rho: torch.Tensor | None = None  # (B, H, N, 1) fp32
-    residual: torch.Tensor | None = None  # (B, H, N, D)
-    sparse_since_refresh: int = 0
-    calls: int = 0  # steps counted by calls, when no denoiser clock is installed
-
-
-class LayerStateHook(ModelHook):
-    """On a sparse attention module: its statistics per CFG branch (diffusers' cache context names the branch)."""
-
-    _is_stateful = True
+class LayerStateHook(StatefulHook):
+    """On a sparse attention module: its engine state per CFG branch (diffusers' cache context names the branch)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.contexts = StateManager(_ContextOnly)
         self.states: dict[str, LayerState] = {}
 
     def state(self) -> LayerState:
-        return self.states.setdefault(_branch(self.contexts), LayerState())
+        """This call's branch's state, created on first use."""
+        return self.states.setdefault(self.branch(), LayerState())
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.states.clear()
@@ -174,19 +147,8 @@ class LayerStateHook(ModelHook):
 
 def layer_state_hook(module: torch.nn.Module) -> LayerStateHook:
     """The module's LayerStateHook, registered on first use."""
-    registry = HookRegistry.check_if_exists_or_initialize(module)
-    hook = registry.get_hook(LAYER_HOOK)
+    hook = get_hook(module, LAYER_HOOK)
     if hook is None:
         hook = LayerStateHook()
-        registry.register_hook(hook, LAYER_HOOK)
+        register_hook(module, hook, LAYER_HOOK)
     return hook
-
-
-@dataclass
-class PatternStore:
-    """Patterns shared by all layers of one enable call: cached per (layer, tokens, block size); computation counts."""
-
-    patterns: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    computed: dict[str, int] = field(default_factory=dict)  # pattern computations per layer (tests count them)
-    block_masks: dict = field(default_factory=dict)  # the patterns as FlexAttention BlockMasks, on their device
-    forced: dict = field(default_factory=dict)  # (tokens, block size, layout) -> (nQ, nK) always-kept tiles

@@ -30,13 +30,14 @@ LLaMA, Qwen2/3, Mistral, ...). Originals "sdpa" and "eager" are delegated to exa
 flex_attention) run their dense steps through SDPA while enabled. Remote-code LLaDA / Dream use their own attention
 modules and are refused.
 
-Step awareness (which step of which generation a forward is: notifications, `dlm_step_callback`, or every forward of
-the model counted as a step when nothing tells): see dlm_state.py.
+This module is the transformers front of the one engine (engine.py: `attend` with `SparseDPatterns`): the
+attention function, its masks, the original implementations and enable/disable. Step awareness (which step of which
+generation a forward is: notifications, `dlm_step_callback`, or every forward of the model counted as a step when
+nothing tells): dlm_state.py.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 import weakref
@@ -44,16 +45,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from .block_mask import num_blocks, pattern_to_block_mask
-from .block_sparse import block_sparse_attention, dense_attention_with_lse
+from .block_mask import num_blocks
 from .config import SparseAttentionConfig
-from .dlm_state import STATE_ATTR, DLMLayerState, DLMSparseState
-from .layout import TokenLayout
-from .patterns import exact_block_importance, keep_count, pooled_scores, select_blocks, window_scores
-from .reference import block_sparse_attention_reference
-from .reshape import apply_reshape, capture_statistics
+from .dlm_state import DLMSparseState
+from .engine import AttentionCall, SparseDPatterns, attend
+from .handle import HANDLE_ATTR, SparseAttentionHandle
 from .schedule import StepKind
 
 ATTENTION_NAME = "unbottle_sparse"
@@ -63,7 +60,6 @@ SUPPORTED_MODELS = (
     "DiffusionGemma, LLaMA, Qwen2/3, Mistral, ...)"
 )
 _UNSUPPORTED_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")  # attention extras the sparse path cannot apply
-_IMPORTANCE_BUDGET = 2**27  # fp32 scores per chunk when pooling exact attention (≈512 MiB)
 
 
 @dataclass
@@ -154,172 +150,6 @@ def _normalize_mask(
     return causal, causal
 
 
-def _key_blocks_valid(allowed: torch.Tensor | None, notified: torch.Tensor | None, b: int, nk: int, bs: int,
-                      device: torch.device) -> torch.Tensor:  # fmt: skip
-    """(B, nK) bool: key blocks holding at least one key some query may attend to (and a real token, if notified)."""
-    keys = torch.ones(b, nk, dtype=torch.bool, device=device)
-    if allowed is not None:
-        keys = keys & allowed.any(dim=2).any(dim=1).expand(b, nk)  # (B, Nk)
-    if notified is not None and tuple(notified.shape) == (b, nk):
-        keys = keys & notified.to(device=device).bool()
-    nkb = num_blocks(nk, bs)
-    return F.pad(keys, (0, nkb * bs - nk)).view(b, nkb, bs).any(-1)
-
-
-def _rows(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
-    return None if t is None else (t[i : i + 1] if t.shape[0] > 1 else t)
-
-
-# -- selection (SparseD) -------------------------------------------------------------------------------------------
-def _top(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
-    """(…, nK) bool: the `k` highest `scores` among the `allowed` key blocks of each row."""
-    ranked = scores.float().nan_to_num(0.0).masked_fill(~allowed, float("-inf"))
-    picked = torch.zeros_like(ranked, dtype=torch.bool).scatter_(-1, ranked.topk(k, dim=-1).indices, True)
-    return picked & allowed
-
-
-def isolated_selection(
-    scores: torch.Tensor, gen_scores: torch.Tensor | None, valid: torch.Tensor, boundary: int | None, density: float
-) -> torch.Tensor:
-    """SparseD's isolated selection for one row: (H, nQ, nK) bool kept tiles from block scores (H, nQ, nK).
-
-    Pass 1 keeps the top `density` of all real key blocks by `scores`, but only those before `boundary` (the prompt);
-    pass 2 the top `density` of the real blocks from `boundary` on by `gen_scores` (the generated region's own
-    softmax). `boundary` None or 0: one joint top-k.
-    """
-    n_k = scores.shape[-1]
-    k_all = keep_count(density, max(1, int(valid.sum())))
-    keep = _top(scores, valid, k_all)
-    if boundary is None or not 0 < boundary < n_k:
-        return keep
-    in_prompt = torch.arange(n_k, device=scores.device) < boundary
-    keep = keep & in_prompt
-    gen_valid = valid & ~in_prompt
-    n_gen = int(gen_valid.sum())
-    if n_gen:
-        keep = keep | _top(gen_scores if gen_scores is not None else scores, gen_valid, keep_count(density, n_gen))
-    return keep
-
-
-def _diagonal(nq: int, nk: int, bs: int, device: torch.device) -> torch.Tensor:
-    """(nQ, nK) bool: for each query block, the key block(s) at the same positions (queries end-aligned with keys)."""
-    offset = nk - nq
-    nqb, nkb = num_blocks(nq, bs), num_blocks(nk, bs)
-    starts = torch.arange(nqb, device=device) * bs + offset
-    ends = torch.clamp(torch.arange(1, nqb + 1, device=device) * bs, max=nq) - 1 + offset
-    blocks = torch.arange(nkb, device=device)
-    return (blocks[None, :] >= (starts // bs)[:, None]) & (blocks[None, :] <= (ends // bs)[:, None])
-
-
-def _boundary(prompt: int, nk: int, bs: int) -> int | None:
-    """SparseD's prompt/generation split in key blocks: the first block wholly generated, else the last block."""
-    if prompt <= 0 or prompt >= nk:
-        return None
-    return min(math.ceil(prompt / bs), num_blocks(nk, bs) - 1)
-
-
-def _window(nq: int, nk: int, bs: int, device: torch.device) -> torch.Tensor:
-    """(1, 1, nQ, nK) negative block distances (the "window" pattern's scores)."""
-    if nq == nk:
-        return window_scores(TokenLayout(), nk, bs, device)
-    centres_q = torch.arange(num_blocks(nq, bs), device=device) * bs + (nk - nq) + bs / 2
-    centres_k = torch.arange(num_blocks(nk, bs), device=device) * bs + bs / 2
-    return -(centres_q[:, None] - centres_k[None, :]).abs()[None, None].float()
-
-
-def _exact_scores(q, k, lse, scale, bs, mask):
-    """(1, H, nQ, nK) SparseD tile importance of one row under exact attention (`lse` (1, H, Nq) its row LSE)."""
-    lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))  # rows with no key: mass 0
-    chunk = max(bs, _IMPORTANCE_BUDGET // max(1, q.shape[1] * k.shape[2]) // bs * bs)
-    return exact_block_importance(q, k, lse, bs, scale, chunk=chunk, attn_mask=mask).nan_to_num(0.0)
-
-
-# -- one layer -----------------------------------------------------------------------------------------------------
-@dataclass
-class _Call:
-    """One sparse attention call, (B, H, N, D) layout, GQA already expanded."""
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    scale: float
-    mask: torch.Tensor | None  # for the attention math (bool or additive), broadcastable to (B, 1, Nq, Nk)
-    allowed: torch.Tensor | None  # bool version of `mask`
-
-
-def _pattern(state: DLMSparseState, name: str, layer: DLMLayerState, c: _Call, lse_full: torch.Tensor | None):
-    """This call's BlockMask: "cached"/"window" made once per generation and shape, "dynamic" every sparse step."""
-    cfg = state.config
-    bs = cfg.block_size
-    b, h, nq, _ = c.q.shape
-    nk = c.k.shape[2]
-    key = (b, nq, nk)
-    if cfg.pattern != "dynamic" and key in layer.patterns:
-        mask = layer.block_masks.get(key)
-        if mask is None or mask.kv_num_blocks.device != c.q.device:
-            indices, counts = (t.to(c.q.device) for t in layer.patterns[key])
-            mask = layer.block_masks[key] = pattern_to_block_mask(indices, counts, bs, nq, nk)
-        return mask
-    device = c.q.device
-    valid = _key_blocks_valid(c.allowed, state.generation.attention_mask, b, nk, bs, device)  # (B, nK)
-    prompts = state.prompt_lengths(b)
-    keeps = []
-    for i in range(b):
-        boundary = _boundary(int(prompts[i]), nk, bs) if prompts is not None else None
-        q_i, k_i, v_i, m_i = c.q[i : i + 1], c.k[i : i + 1], c.v[i : i + 1], _rows(c.allowed, i)
-        gen = None
-        if cfg.pattern == "cached":
-            if lse_full is not None:
-                lse = lse_full[i : i + 1]
-            else:
-                lse = dense_attention_with_lse(q_i, k_i, v_i, m_i, c.scale)[1]
-            scores = _exact_scores(q_i, k_i, lse, c.scale, bs, m_i)
-            if boundary is not None:  # the generated region's own softmax (SparseD's second pass)
-                g0 = boundary * bs
-                m_g = None if m_i is None else m_i[..., g0:]
-                lse_g = dense_attention_with_lse(q_i, k_i[:, :, g0:], v_i[:, :, g0:], m_g, c.scale)[1]
-                gen = F.pad(_exact_scores(q_i, k_i[:, :, g0:], lse_g, c.scale, bs, m_g), (boundary, 0))
-        elif cfg.pattern == "dynamic":
-            scores = pooled_scores(q_i, k_i, bs, c.scale)
-        else:
-            scores = _window(nq, nk, bs, device).expand(1, h, -1, -1)
-        keeps.append(isolated_selection(scores[0], None if gen is None else gen[0], valid[i], boundary, cfg.density))
-    keep = torch.stack(keeps) | _diagonal(nq, nk, bs, device)  # (B, H, nQ, nK)
-    indices, counts = select_blocks(keep.float(), keep, 0.0, max_forced=int(keep.sum(-1).max()))  # kept tiles first
-    state.count_pattern(name)
-    mask = pattern_to_block_mask(indices, counts, bs, nq, nk)
-    if cfg.pattern != "dynamic":
-        layer.patterns[key] = (indices, counts)
-        layer.block_masks[key] = mask
-    return mask
-
-
-def _run_sparse(c: _Call, block_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    if c.mask is not None:  # the fast paths take no extra mask: the reference honours padding / causality
-        return block_sparse_attention_reference(c.q, c.k, c.v, block_mask, scale=c.scale, attn_mask=c.mask)
-    return block_sparse_attention(c.q, c.k, c.v, block_mask, scale=c.scale, return_lse=True)
-
-
-def _attend(binding: _Binding, kind: StepKind, c: _Call) -> torch.Tensor:
-    """Block-sparse (or refresh) attention for one call: (B, H, Nq, D)."""
-    state, cfg = binding.state, binding.state.config
-    layer = state.layer(binding.name)
-    stale = layer.rho is None or layer.rho.shape[:3] != c.q.shape[:3]
-    if kind is StepKind.SPARSE and cfg.reshape and stale:
-        kind = StepKind.REFRESH  # no statistics for this shape yet: capture them (Re-ttention)
-    if kind is StepKind.REFRESH:
-        out_full, lse_full = dense_attention_with_lse(c.q, c.k, c.v, c.mask, c.scale)
-        out_sparse, lse_sparse = _run_sparse(c, _pattern(state, binding.name, layer, c, lse_full))
-        layer.rho, layer.residual = capture_statistics(out_full, lse_full, out_sparse, lse_sparse)
-        layer.sparse_since_refresh = 0
-        return out_full
-    out, _ = _run_sparse(c, _pattern(state, binding.name, layer, c, None))
-    if cfg.reshape:
-        out = apply_reshape(out, layer.rho, layer.residual, cfg.rho_growth, layer.sparse_since_refresh)
-        layer.sparse_since_refresh += 1
-    return out
-
-
 def sparse_attention_forward(
     module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs,
@@ -362,34 +192,14 @@ def sparse_attention_forward(
     v = value.repeat_interleave(n_rep, dim=1) if n_rep > 1 else value
     mask, allowed = _normalize_mask(module, attention_mask, kwargs, nq, nk, query.device)
     scale = d**-0.5 if scaling is None else float(scaling)
-    out = _attend(binding, kind, _Call(query, k, v, scale, mask, allowed))  # (B, H, Nq, Dv)
-    return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (B, Nq, H, Dv)
+    patterns = SparseDPatterns(binding.name, cfg, state.store, state.generation.attention_mask, state.prompt_lengths)
+    out = attend(AttentionCall(query, k, v, scale, mask, allowed), kind, state.layer(binding.name), patterns, cfg)
+    if out is None:
+        return dense()
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (B, H, Nq, Dv) -> (B, Nq, H, Dv)
 
 
 # -- enable / disable ----------------------------------------------------------------------------------------------
-@dataclass
-class DLMSparseAttentionHandle:
-    """What `enable_sparse_attention` changed on a transformers model, to undo it exactly, and its SparseD state."""
-
-    model: torch.nn.Module
-    config: SparseAttentionConfig
-    state: DLMSparseState
-    originals: list[tuple[object, object]]  # (config, its `_attn_implementation_internal` before), every config
-    hook: object  # the forward pre-hook's RemovableHandle
-
-    @property
-    def pattern_computations(self) -> dict[str, int]:
-        """How many times each attention layer computed a pattern, over all generations (cached: once per one)."""
-        return dict(self.state.computed)
-
-    def reset(self) -> None:
-        """Forget the generation (patterns, statistics, step): the next forward is step 0 of a new one."""
-        self.state.start_generation()
-
-    def disable(self) -> None:
-        disable_transformers_sparse_attention(self.model)
-
-
 def is_transformers_model(obj: object) -> bool:
     """True for a transformers `PreTrainedModel`."""
     try:
@@ -438,12 +248,12 @@ def _mask_token_id(model: torch.nn.Module) -> int | None:
 
 def enable_transformers_sparse_attention(
     model: torch.nn.Module, config: SparseAttentionConfig, mask_token_id: int | None = None
-) -> DLMSparseAttentionHandle:
+) -> SparseAttentionHandle:
     """SparseD sparse attention on a transformers (diffusion) LM through its AttentionInterface; see module doc.
 
     `mask_token_id` (else the config's / generation config's) lets the state find the prompt boundary and spot new
     generations without notifications."""
-    if getattr(model, STATE_ATTR, None) is not None:
+    if getattr(model, HANDLE_ATTR, None) is not None:
         raise RuntimeError(
             f"sparse attention is already enabled on this {type(model).__name__}; call "
             "unbottle.disable_sparse_attention first to change its config"
@@ -483,14 +293,15 @@ def enable_transformers_sparse_attention(
         state.before_forward(ids if isinstance(ids, torch.Tensor) else None)
 
     hook = model.register_forward_pre_hook(before_forward, with_kwargs=True)
-    handle = DLMSparseAttentionHandle(model, config, state, originals, hook)
-    setattr(model, STATE_ATTR, handle)
+    handle = SparseAttentionHandle(model, config, state.store, originals, state=state, hook=hook,
+                                   undo=disable_transformers_sparse_attention)  # fmt: skip
+    setattr(model, HANDLE_ATTR, handle)
     return handle
 
 
 def disable_transformers_sparse_attention(model: torch.nn.Module) -> None:
     """Restore every config's attention implementation exactly and drop the state, hook and bindings; no-op if off."""
-    handle: DLMSparseAttentionHandle | None = getattr(model, STATE_ATTR, None)
+    handle: SparseAttentionHandle | None = getattr(model, HANDLE_ATTR, None)
     if handle is None:
         return
     for c, value in handle.originals:
@@ -499,4 +310,4 @@ def disable_transformers_sparse_attention(model: torch.nn.Module) -> None:
     handle.hook.remove()
     for module in model.modules():
         _BINDINGS.pop(module, None)
-    delattr(model, STATE_ATTR)
+    delattr(model, HANDLE_ATTR)

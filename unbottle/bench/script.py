@@ -1,9 +1,9 @@
-"""What every GPU benchmark entry point shares: the CUDA check, a writable output folder, the script's main()."""
+"""What every benchmark entry point shares: the CUDA check, a writable output folder, the script's main(), and the
+parsers of options that several suites take."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -12,31 +12,11 @@ from pathlib import Path
 
 import torch
 
-
-def jsonable(value: object) -> object:
-    """Non-finite floats as strings (JSON has no NaN), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def write_json_and_markdown(results: dict, out_dir: str | Path, stem: str, markdown: str) -> dict[str, Path]:
-    """`stem`.json (non-finite floats as strings) and `stem`.md in `out_dir`; returns {"json": path, "md": path}."""
-    out_dir = Path(out_dir)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(jsonable(results), indent=2) + "\n")
-    paths["md"].write_text(markdown)
-    return paths
+from ..errors import CLIError, RunError, UsageError
 
 
 def writable_output(args: argparse.Namespace, no_cuda_message: str) -> Path:
     """The output folder of `args`, created and probed; UsageError without CUDA, RunError if it cannot be written."""
-    from ..cli.errors import RunError, UsageError
-
     if not torch.cuda.is_available():
         raise UsageError(no_cuda_message)
     out_dir = Path(args.output)
@@ -80,8 +60,6 @@ def script_main(
     run_from_cli: Callable[[argparse.Namespace, str], int],
 ) -> int:  # fmt: skip
     """Parse, run, and turn the CLI's errors into a one-line message and its exit code."""
-    from ..cli.errors import CLIError
-
     args = parser.parse_args(argv)
     command = shlex.join(["python", prog, *(sys.argv[1:] if argv is None else argv)])
     try:
@@ -100,13 +78,15 @@ def parse_names(text: str, allowed: tuple[str, ...] | dict, option: str) -> list
     return list(dict.fromkeys(names))
 
 
-def share_quick_and_seed(parser: argparse.ArgumentParser, quick_help: str, seed_help: str) -> None:
-    """Add --quick / --seed, or append this suite's meaning to their help where another suite added them already."""
-    for flag, help_text in (("--quick", quick_help), ("--seed", seed_help)):
-        action = parser._option_string_actions.get(flag)
-        if action is not None:
-            action.help = f"{action.help}; {help_text}"
-        elif flag == "--quick":
-            parser.add_argument("--quick", action="store_true", help=help_text)
-        else:
-            parser.add_argument("--seed", type=int, default=0, help=f"{help_text} (default 0)")
+def parse_densities(text: str, option: str = "--densities") -> list[float]:
+    """Block densities in (0, 1], comma-separated, e.g. `1,0.1,0.03`; errors name `option`."""
+    densities = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} takes numbers in (0, 1], got {part.strip()!r}") from None
+        if not (math.isfinite(value) and 0.0 < value <= 1.0):
+            raise argparse.ArgumentTypeError(f"{option} takes numbers in (0, 1], got {value}")
+        densities.append(value)
+    return densities

@@ -11,47 +11,10 @@ import sys
 import warnings
 
 from ..attention_processors.config import MAX_BLOCK_SIZE
+from ..errors import CLIError, UsageError
 from .bottleneck import STAGES_HELP, check_bottleneck_args, make_sampler
-from .errors import CLIError, UsageError
-from .features import check_feature_flags
-from .noise import make_search_runner
-
-# verbs whose feature has not landed yet: (feature, issue that delivers it)
-PENDING_VERBS: dict[str, tuple[str, int]] = {}
-
-MAX_SEED = 2**63 - 1  # seeds are signed 64-bit, as torch.Generator, BatchConfig and NoiseSearchConfig take them
-MAX_STEPS = 1000  # denoising steps: the training timesteps of diffusers' schedulers
-MAX_GEN_LENGTH = 8192  # generated tokens (and text steps: a diffusion LM fixes at least one token a step)
-# the largest value of the count options that have one, on every verb that takes them
-UPPER_BOUNDS = {"--steps": MAX_STEPS, "--gen-length": MAX_GEN_LENGTH, "--sparse-block-size": MAX_BLOCK_SIZE}
-
-
-def _positive_int(name: str, high: int | None = None):
-    high = high if high is not None else UPPER_BOUNDS.get(name)
-    allowed = "≥ 1" if high is None else f"in [1, {high}]"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer {allowed}, got {text!r}") from None
-        if value < 1 or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{name} must be an integer {allowed}, got {value}")
-        return value
-
-    return parse
-
-
-def _seed(text: str) -> int:
-    """`--seed` of every verb: an integer in [0, 2**63 − 1]."""
-    allowed = f"--seed must be an integer in [0, 2**63 − 1] = [0, {MAX_SEED}]"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{allowed}, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{allowed}, got {value}")
-    return value
+from .noise import check_noise_args, make_search_runner
+from .options import MAX_GEN_LENGTH, MAX_SEED, MAX_STEPS, device_and_dtype, positive_int, run_options, seed
 
 
 def _guidance_error(value: object) -> str | None:
@@ -88,23 +51,23 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
     sub.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
     sub.add_argument("-o", "--output", default="unbottle.mp4" if video else "unbottle.png",
                      help="output file (.mp4)" if video else "output file (.png, .jpg, .webp)")  # fmt: skip
-    sub.add_argument("--seed", type=_seed, default=0, help="random seed in [0, 2**63 − 1] (default 0)")
-    sub.add_argument("--steps", type=_positive_int("--steps"),
+    sub.add_argument("--seed", type=seed, default=0, help="random seed in [0, 2**63 − 1] (default 0)")
+    sub.add_argument("--steps", type=positive_int("--steps"),
                      help=f"denoising steps, ≤ {MAX_STEPS} (default: the model's)")  # fmt: skip
-    sub.add_argument("--height", type=_positive_int("--height"), help="pixels (default: the model's)")
-    sub.add_argument("--width", type=_positive_int("--width"), help="pixels (default: the model's)")
+    sub.add_argument("--height", type=positive_int("--height"), help="pixels (default: the model's)")
+    sub.add_argument("--width", type=positive_int("--width"), help="pixels (default: the model's)")
     if video:
-        sub.add_argument("--frames", type=_positive_int("--frames"), help="number of frames (default: the model's)")
-        sub.add_argument("--fps", type=_positive_int("--fps"), default=8, help="frames per second of the MP4")
+        sub.add_argument("--frames", type=positive_int("--frames"), help="number of frames (default: the model's)")
+        sub.add_argument("--fps", type=positive_int("--fps"), default=8, help="frames per second of the MP4")
     sub.add_argument("--guidance-scale", type=_guidance_scale,
                      help="classifier-free guidance scale ≥ 0 (default: the model's)")  # fmt: skip
     sub.add_argument("--negative-prompt", help="negative prompt, for models that take one")
-    _run_options(sub)
+    run_options(sub)
     sub.add_argument("--sparse", type=_density, metavar="DENSITY", help="sparse attention at this block density")
     sub.add_argument("--sparse-pattern", choices=["cached", "dynamic", "window"], default="cached",
                      help="which blocks: cached (SparseD, default), dynamic, window")  # fmt: skip
     sub.add_argument("--no-reshape", action="store_true", help="no Re-ttention statistical reshape")
-    sub.add_argument("--sparse-block-size", type=_positive_int("--sparse-block-size"),
+    sub.add_argument("--sparse-block-size", type=positive_int("--sparse-block-size"),
                      help=f"tokens per block, ≤ {MAX_BLOCK_SIZE} (default 128; the embedded default models use 16 "
                      "for images, 64 for videos)")  # fmt: skip
     sub.add_argument("--bottleneck", metavar="PRESET",
@@ -115,17 +78,9 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
                      default="bicubic-aa", help="latent resampling between stages (default bicubic-aa)")  # fmt: skip
     sub.add_argument("--structured", action="store_true", help="structured cross-attention guidance")
     sub.add_argument("--rewards", metavar="NAME[:W],...", help="rewards for noise exploration/optimization")
-    sub.add_argument("--explore", type=_positive_int("--explore"), metavar="N", help="best of N initial noises")
-    sub.add_argument("--optimize", type=_positive_int("--optimize"), metavar="ITERS",
+    sub.add_argument("--explore", type=positive_int("--explore"), metavar="N", help="best of N initial noises")
+    sub.add_argument("--optimize", type=positive_int("--optimize"), metavar="ITERS",
                      help="reward-guided initial-noise optimization iterations")  # fmt: skip
-
-
-def _run_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    sub.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                     help="weights dtype (default auto: bfloat16 on cuda, float32 on cpu)")  # fmt: skip
-    sub.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
-    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Faster, better-aligned diffusion on stock diffusers pipelines. With no --model, every verb "
         "runs on the embedded default model, offline, on the CPU.",
     )
-    from .. import __version__
+    from ..version import __version__
 
     parser.add_argument("--version", action="version", version=f"unbottle {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -145,61 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     text = verbs.add_parser("text", help="generate text with a diffusion language model")
     text.add_argument("prompt", help="the text prompt")
     text.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
-    text.add_argument("--gen-length", type=_positive_int("--gen-length"),
+    text.add_argument("--gen-length", type=positive_int("--gen-length"),
                       help=f"tokens to generate, ≤ {MAX_GEN_LENGTH} and the model's positions (default: 4 on the "
                       "embedded retrieval model, else 16)")  # fmt: skip
-    text.add_argument("--steps", type=_positive_int("--steps", MAX_GEN_LENGTH),
+    text.add_argument("--steps", type=positive_int("--steps", MAX_GEN_LENGTH),
                       help=f"denoising steps, ≤ {MAX_GEN_LENGTH} (default: the model's)")  # fmt: skip
-    text.add_argument("--seed", type=_seed, default=0, help="random seed in [0, 2**63 − 1] (default 0)")
+    text.add_argument("--seed", type=seed, default=0, help="random seed in [0, 2**63 − 1] (default 0)")
     text.add_argument("-o", "--output", help="also write the text to this file")
     text.add_argument("--sparse", type=_density, metavar="DENSITY", help="SparseD sparse attention at this density")
-    _run_options(text)
+    run_options(text)
 
     batch = verbs.add_parser("batch", help="reward-scored batch generation (resumable; multi-GPU with accelerate)")
     batch.add_argument("prompts", metavar="PROMPTS.txt", help="one prompt per line")
-    batch.add_argument("--n", type=_positive_int("--n"), default=4, help="candidates per prompt")
+    batch.add_argument("--n", type=positive_int("--n"), default=4, help="candidates per prompt")
     batch.add_argument("--rewards", metavar="NAME[:W],...", help="rewards that score the candidates")
     batch.add_argument("-o", "--output", default="unbottle-batch", help="output folder")
     from .batch import add_arguments as add_batch_arguments
 
     add_batch_arguments(batch)
 
-    bench = verbs.add_parser("bench", help="benchmarks: JSON + markdown + plots")
-    bench.add_argument("suite", nargs="?", choices=["attention", "e2e", "quality", "noise", "dlm"],
-                       default="attention")  # fmt: skip
-    bench.add_argument("-o", "--output", default="bench-results", help="output folder")
-    from ..bench.attention import add_arguments as add_attention_arguments
+    from .bench import add_parser as add_bench_parser
 
-    add_attention_arguments(bench)
-    from ..bench.attention import parse_densities
-    from ..bench.quality import add_arguments as add_quality_arguments
-
-    add_quality_arguments(bench, parse_densities)
-    from ..bench.e2e import add_arguments as add_e2e_arguments
-
-    add_e2e_arguments(bench)
-    from ..bench.noise import add_arguments as add_noise_arguments
-
-    add_noise_arguments(bench)
-    from ..bench.dlm import add_arguments as add_dlm_arguments
-
-    add_dlm_arguments(bench)
+    add_bench_parser(verbs)
     return parser
-
-
-def _device_and_dtype(args: argparse.Namespace):
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        raise UsageError(f"--device {device!r} is not usable here: {str(e).splitlines()[0]}") from e
-    if args.dtype == "auto":
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, args.dtype)
-    return device, dtype
 
 
 def _check_search_seeds(args: argparse.Namespace) -> None:
@@ -215,37 +138,17 @@ def _check_search_seeds(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     from .output import IMAGE_SUFFIXES, VIDEO_SUFFIXES, prepare_output, remove_empty_folders
 
-    pending = args.verb if args.verb == "batch" else f"bench {args.suite}" if args.verb == "bench" else None
-    if pending in PENDING_VERBS:
-        feature, issue = PENDING_VERBS[pending]
-        raise UsageError(f"{feature} is not available yet (issue #{issue})")
     if getattr(args, "guidance_scale", None) is not None and _guidance_error(args.guidance_scale):
         raise UsageError(_guidance_error(args.guidance_scale))  # batch's option, parsed as a plain float
-    if args.verb == "bench" and args.suite == "quality":  # the shapes testbed (issue #4): CPU or GPU
-        from ..bench.quality import run_from_cli as run_quality
+    if args.verb == "bench":  # the suite's own runner; all but quality refuse without CUDA (exit 2)
+        from .bench import run_from_cli as run_bench
 
-        return run_quality(args)
-    if args.verb == "bench" and args.suite == "e2e":  # the end-to-end benchmark (issue #6): refuses without CUDA
-        from ..bench.e2e import run_from_cli as run_e2e
-
-        return run_e2e(args)
-    if args.verb == "bench" and args.suite == "noise":  # the noise-search benchmark (issue #8): refuses without CUDA
-        from ..bench.noise import run_from_cli as run_noise
-
-        return run_noise(args)
-    if args.verb == "bench" and args.suite == "dlm":  # the diffusion-LM benchmark (issue #9): refuses without CUDA
-        from ..bench.dlm import run_from_cli as run_dlm
-
-        return run_dlm(args)
-    if args.verb == "bench":  # bench attention (issue #5): refuses without CUDA (exit 2)
-        from ..bench.attention import run_from_cli
-
-        return run_from_cli(args)
-    if args.verb == "batch":  # reward-scored batches (issue #8)
+        return run_bench(args)
+    if args.verb == "batch":  # reward-scored batches
         from .batch import run_from_cli as run_batch
 
         return run_batch(args)
-    check_feature_flags(args)
+    check_noise_args(args)
     if not args.prompt.strip():
         raise UsageError("PROMPT must not be empty")
 
@@ -266,7 +169,7 @@ def _generate(args: argparse.Namespace, output: object, stages: list | None) -> 
     from ..defaults import EMBEDDED
     from .loading import load_pipeline
 
-    device, dtype = _device_and_dtype(args)
+    device, dtype = device_and_dtype(args)
     default = EMBEDDED[args.verb] if args.model is None else None
     where = default.description if default else args.model
     print(f"unbottle {args.verb}: loading {where} on {device} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
@@ -307,7 +210,7 @@ def _generate(args: argparse.Namespace, output: object, stages: list | None) -> 
 
 
 def _enable_sparse(pipe: object, args: argparse.Namespace, default: object | None) -> None:
-    import unbottle
+    from ..attention_processors import SparseAttentionConfig, enable_sparse_attention
 
     try:
         if args.verb == "text":  # SparseD on the diffusion LM (pipe.model), through transformers' AttentionInterface
@@ -315,16 +218,16 @@ def _enable_sparse(pipe: object, args: argparse.Namespace, default: object | Non
             # 20% dense steps, as a count when the steps are known (the stock pipeline announces no steps),
             # blocks of 32 tokens on the embedded 1,024-token model (SparseD's short-context setting), 128
             # otherwise; no reshape
-            config = unbottle.SparseAttentionConfig(
+            config = SparseAttentionConfig(
                 density=args.sparse, block_size=32 if default else 128, pattern="cached", reshape=False,
                 full_steps=max(1, round(0.2 * steps)) if steps else 0.2,
             )  # fmt: skip
         else:
             block = args.sparse_block_size or (default.sparse_block_size if default else 128)
-            config = unbottle.SparseAttentionConfig(
+            config = SparseAttentionConfig(
                 density=args.sparse, pattern=args.sparse_pattern, reshape=not args.no_reshape, block_size=block
             )
-        handle = unbottle.enable_sparse_attention(pipe, config)
+        handle = enable_sparse_attention(pipe, config)
     except ValueError as e:
         raise UsageError(f"--sparse: {e}") from e
     where = (f"on {type(handle.model).__name__} (SparseD, {config.full_steps} dense steps)" if args.verb == "text"
@@ -337,10 +240,10 @@ def _enable_sparse(pipe: object, args: argparse.Namespace, default: object | Non
 
 
 def _enable_structured(pipe: object) -> None:
-    import unbottle
+    from ..guidance import enable_structured_guidance
 
     try:
-        unbottle.enable_structured_guidance(pipe)
+        enable_structured_guidance(pipe)
     except ValueError as e:
         raise UsageError(f"--structured: {e}") from e
     print("structured cross-attention guidance: on", file=sys.stderr)

@@ -7,7 +7,7 @@
 Run the same command again to resume; a second run on the same -o folder waits for the first to finish, then resumes
 (with `--no-wait` it refuses instead, exit 1, naming the folder and the running pid). Candidate j of every prompt
 uses seed `--seed + j`; with `--batch-size 1` it is exactly `unbottle image PROMPT --seed S` with the same model and
-settings (see `unbottle.pipelines.reward_batch` for the files written, what a resume trusts, and the numerics of
+settings (see `unbottle.batch` for the files written, what a resume trusts, and the numerics of
 larger batches). On CPUs, accelerate 1.x starts several local processes only with `--multi_gpu` (its `--cpu`
 launcher starts one); the verb then talks gloo between them.
 """
@@ -20,7 +20,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from .errors import RunError, UsageError
+from ..errors import RunError, UsageError
 
 # fields of the batch config and of run.json → the option that sets them (for error messages)
 OPTIONS = {
@@ -33,9 +33,7 @@ OPTIONS = {
 
 def add_arguments(sub: argparse.ArgumentParser) -> None:
     """The batch verb's options beyond DESIGN's, consistent with `unbottle image`'s."""
-    from . import _positive_int as positive_int
-    from . import _run_options as run_options
-    from . import _seed as seed
+    from .options import positive_int, run_options, seed
 
     sub.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
     sub.add_argument("--seed", type=seed, default=0, help="seed of candidate 0; candidate j uses seed + j (default 0)")
@@ -67,7 +65,7 @@ def _rewards(text: str | None) -> dict[str, float]:
 
 
 def _prompts(path: str) -> list[str]:
-    from ..pipelines.reward_batch import read_prompts
+    from ..batch import read_prompts
 
     try:
         return read_prompts(path)
@@ -104,11 +102,11 @@ def _mismatch(error: Exception, out: Path) -> UsageError:
 
 def run_from_cli(args: argparse.Namespace) -> int:
     """Run `unbottle batch` from parsed arguments; returns the exit code."""
+    from .. import batch as rb
     from ..defaults import EMBEDDED
-    from ..pipelines import reward_batch as rb
-    from . import _device_and_dtype
     from .generate import call_parameters, check_size, is_video_pipeline
     from .loading import load_pipeline
+    from .options import device_and_dtype
 
     weights = _rewards(args.rewards)
     prompts = _prompts(args.prompts)
@@ -116,7 +114,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
         config = rb.BatchConfig(n=args.n, rewards=weights, seed=args.seed, batch_size=args.batch_size)
     except rb.BatchConfigError as e:
         raise UsageError(f"{_option(e.field)}: {e}") from e
-    device, dtype = _device_and_dtype(args)
+    device, dtype = device_and_dtype(args)
     default = EMBEDDED["image"] if args.model is None else None
     steps = args.steps if args.steps is not None else (default.steps if default else None)
     height = args.height if args.height is not None else (default.height if default else None)
@@ -174,12 +172,12 @@ def run_from_cli(args: argparse.Namespace) -> int:
 
 
 def _load_rewards(config: object, device: object) -> dict:
-    import unbottle
+    from ..rewards import load_reward
 
     rewards = {}
     for name, _ in config.rewards:
         try:
-            rewards[name] = unbottle.load_reward(name, device=device)
+            rewards[name] = load_reward(name, device=device)
         except (ValueError, KeyError) as e:
             raise UsageError(f"--rewards: {e}") from e
         except (FileNotFoundError, ImportError, OSError) as e:

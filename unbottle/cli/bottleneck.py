@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import UsageError
+from ..errors import UsageError
 
 STAGES_HELP = "SCALE:STEPS:STRENGTH:SHIFT,... (SHIFT 'none' = the pipeline's own), e.g. 1:6:1:9,0.5:20:0.8:6,1:8:0.6:9"
 

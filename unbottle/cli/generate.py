@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 from .output import save_image, save_video
 
 
@@ -33,7 +33,10 @@ def spatial_multiple(pipe: object) -> int:
     patch = getattr(getattr(denoiser, "config", None), "patch_size", None) or 1
     if isinstance(patch, (tuple, list)):
         patch = patch[-1]
-    packing = 2 if type(pipe).__name__.startswith("Flux") else 1
+    from ..families import family_for_model
+
+    family = family_for_model(denoiser, None, required=False)  # the latent packing of its family (Flux: 2 × 2)
+    packing = family.latents.packing if family is not None and family.latents is not None else 1
     return int(vae) * int(patch) * packing
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..defaults import load_default
-from .errors import RunError, UsageError
+from ..errors import RunError, UsageError
 
 
 def _not_cached(model: str, reason: str) -> RunError:

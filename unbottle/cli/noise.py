@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from .errors import RunError, UsageError
+from ..errors import RunError, UsageError
 
 NOISE_FLAGS = ("rewards", "explore", "optimize")
 # NoiseSearchConfig fields → the option that sets them, for error messages

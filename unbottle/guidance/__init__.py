@@ -1,4 +1,4 @@
-"""Structured cross-attention guidance (Training-Free Structured Diffusion Guidance) (issue #7)."""
+"""Structured cross-attention guidance (Training-Free Structured Diffusion Guidance)."""
 
 from .alignment import phrase_char_spans, phrase_token_spans
 from .embeddings import prompt_structure, splice, structured_embeddings

@@ -1,4 +1,4 @@
-"""Alignment of noun phrases to the token positions of the full prompt, as the pipeline tokenizes it (issue #7).
+"""Alignment of noun phrases to the token positions of the full prompt, as the pipeline tokenizes it.
 
 Structured Diffusion Guidance (Feng et al. 2023, arXiv 2212.05032) splices each phrase's own token embeddings into a
 copy of the full prompt's embedding at the phrase's token positions, so those positions must be the ones the

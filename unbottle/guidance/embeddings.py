@@ -1,4 +1,4 @@
-"""Structured text embeddings: each noun phrase encoded alone and spliced into a copy of the full prompt (issue #7).
+"""Structured text embeddings: each noun phrase encoded alone and spliced into a copy of the full prompt.
 
 Feng et al. 2023, "Training-Free Structured Diffusion Guidance" (arXiv 2212.05032): for a prompt with noun phrases
 NP_1…NP_k, W_p is the full prompt's embedding and W̄_i is a copy of W_p whose rows at NP_i's token positions are

@@ -1,4 +1,4 @@
-"""`enable_structured_guidance` / `disable_structured_guidance`: one call on a stock pipeline, exactly undone (#7).
+"""`enable_structured_guidance` / `disable_structured_guidance`: one call on a stock pipeline, exactly undone.
 
 Feng et al. 2023, "Training-Free Structured Diffusion Guidance" (arXiv 2212.05032). Enabling
 1. wraps the pipeline's `encode_prompt` (an instance attribute, deleted again on disable): the pipeline's own prompt
@@ -9,9 +9,9 @@ Feng et al. 2023, "Training-Free Structured Diffusion Guidance" (arXiv 2212.0503
    through the model's own per-token caption projection where it has one, to the processors;
 3. installs a `StructuredCrossAttnProcessor` around each cross-attention module's processor (the originals are kept
    and the same objects restored on disable). Self-attention is untouched.
-Supported: UNet Stable Diffusion 1.x/2.x and SDXL (both text encoders: a phrase is encoded by the pipeline's own
-`encode_prompt`, which concatenates the two encoders' token states, and spliced into both halves at once), PixArt-α/Σ
-and Wan text-to-video pipelines.
+Supported: the families of the family registry with a `guidance` part: UNet Stable Diffusion 1.x/2.x and SDXL (both
+text encoders: a phrase is encoded by the pipeline's own `encode_prompt`, which concatenates the two encoders' token
+states, and spliced into both halves at once), PixArt-α/Σ and Wan text-to-video pipelines.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..families import CrossAttentionText, family_for_pipeline
 from .embeddings import prompt_structure
 from .phrases import PARSERS
 from .processor import MODES, StructuredCrossAttnProcessor, StructuredPlan, StructuredState
@@ -43,58 +44,6 @@ class StructuredGuidanceOptions:
             raise ValueError(f"unknown parser {self.parser!r}; expected one of {', '.join(PARSERS)}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
-
-
-@dataclass(frozen=True)
-class _Family:
-    """How one pipeline family encodes text and projects it before cross-attention."""
-
-    name: str
-    model_attr: str  # "unet" or "transformer"
-    projection: Callable[[torch.nn.Module], Callable[[torch.Tensor], torch.Tensor] | None]
-    text: Callable[[Any, str, dict[str, Any]], str]  # the text the pipeline tokenizes for a prompt
-    max_length_arg: str | None  # encode_prompt argument giving the token budget (None: the tokenizer's own)
-
-
-def _pixart_text(pipe: Any, prompt: str, arguments: dict[str, Any]) -> str:
-    return pipe._text_preprocessing(prompt, clean_caption=bool(arguments.get("clean_caption", False)))[0]
-
-
-def _wan_text(pipe: Any, prompt: str, arguments: dict[str, Any]) -> str:
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-
-    return prompt_clean(prompt)
-
-
-_SD = _Family("sd", "unet", lambda model: None, lambda pipe, prompt, arguments: prompt, None)
-_SDXL = _Family("sdxl", "unet", lambda model: None, lambda pipe, prompt, arguments: prompt, None)
-_PIXART = _Family("pixart", "transformer", lambda model: model.caption_projection, _pixart_text, "max_sequence_length")
-_WAN = _Family(
-    "wan", "transformer", lambda model: model.condition_embedder.text_embedder, _wan_text, "max_sequence_length"
-)
-
-
-def _family(pipe: object) -> _Family:
-    from diffusers import (
-        PixArtAlphaPipeline,
-        PixArtSigmaPipeline,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        WanPipeline,
-    )
-
-    if isinstance(pipe, StableDiffusionPipeline):
-        return _SD
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        return _SDXL
-    if isinstance(pipe, PixArtAlphaPipeline | PixArtSigmaPipeline):
-        return _PIXART
-    if type(pipe) is WanPipeline:
-        return _WAN
-    raise ValueError(
-        f"structured guidance supports Stable Diffusion 1.x/2.x and SDXL, PixArt-α/Σ and Wan text-to-video "
-        f"pipelines, not {type(pipe).__name__}"
-    )
 
 
 @dataclass
@@ -126,7 +75,7 @@ class StructuredGuidanceHandle:
         disable_structured_guidance(self.pipe)
 
 
-def _wrap_encode_prompt(pipe: Any, family: _Family, handle: StructuredGuidanceHandle) -> Callable[..., Any]:
+def _wrap_encode_prompt(pipe: Any, family: CrossAttentionText, handle: StructuredGuidanceHandle) -> Callable[..., Any]:
     original = pipe.encode_prompt  # the bound method (or the instance attribute a user set)
     signature = inspect.signature(original)
     counts = ("num_images_per_prompt", "num_videos_per_prompt")
@@ -142,8 +91,8 @@ def _wrap_encode_prompt(pipe: Any, family: _Family, handle: StructuredGuidanceHa
         handle.stash = None
         if prompt is None or arguments.get("prompt_embeds") is not None:
             return out
-        if family is _SDXL and arguments.get("prompt_2") not in (None, prompt):
-            return out  # a second prompt for text_encoder_2: its half of the embedding has other phrases; stock
+        if family.second_prompt and arguments.get(family.second_prompt) not in (None, prompt):
+            return out  # a second prompt for the second text encoder: its half of the embedding has other phrases
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cond = out[0]  # (N, L, C), N = len(prompts) × per-prompt count
         repeat = arguments.get(per_prompt, 1) if per_prompt else 1
@@ -154,11 +103,7 @@ def _wrap_encode_prompt(pipe: Any, family: _Family, handle: StructuredGuidanceHa
                          "negative_prompt_embeds": None}  # fmt: skip
             if per_prompt:
                 overrides[per_prompt] = 1
-            if family is _PIXART:
-                overrides["clean_caption"] = False  # the phrases come from the already-processed text
-            if family is _SDXL:
-                overrides |= {"prompt_2": None, "negative_prompt": None, "negative_prompt_2": None,
-                              "pooled_prompt_embeds": None, "negative_pooled_prompt_embeds": None}  # fmt: skip
+            overrides |= dict(family.phrase_arguments)  # the family's own (PixArt: no second caption cleaning)
             return original(**(arguments | overrides))[0]
 
         rows = []
@@ -174,7 +119,9 @@ def _wrap_encode_prompt(pipe: Any, family: _Family, handle: StructuredGuidanceHa
     return encode_prompt
 
 
-def _plan(handle: StructuredGuidanceHandle, family: _Family, encoder_hidden_states: Any) -> StructuredPlan | None:
+def _plan(
+    handle: StructuredGuidanceHandle, family: CrossAttentionText, encoder_hidden_states: Any
+) -> StructuredPlan | None:
     stash = handle.stash
     if stash is None or not isinstance(encoder_hidden_states, torch.Tensor) or encoder_hidden_states.dim() != 3:
         return None
@@ -208,7 +155,7 @@ def enable_structured_guidance(pipe: Any, parser: str = "auto", mode: str = "ave
     """Structured cross-attention guidance on a stock pipeline (Feng et al. 2023, Training-Free Structured Diffusion
     Guidance); returns a handle whose `disable()` undoes it."""
     options = StructuredGuidanceOptions(parser=parser, mode=mode)
-    family = _family(pipe)
+    family = family_for_pipeline(pipe, "guidance").guidance
     model = getattr(pipe, family.model_attr)
     if getattr(model, HANDLE_ATTR, None) is not None:
         raise RuntimeError("structured guidance is already enabled on this pipeline; disable it first")
@@ -242,7 +189,7 @@ def enable_structured_guidance(pipe: Any, parser: str = "auto", mode: str = "ave
 
 def disable_structured_guidance(pipe: Any) -> None:
     """Restore the exact processors, `encode_prompt` and hooks (Feng et al. 2023, Structured Diffusion Guidance)."""
-    model = getattr(pipe, _family(pipe).model_attr)
+    model = getattr(pipe, family_for_pipeline(pipe, "guidance").guidance.model_attr)
     handle: StructuredGuidanceHandle | None = getattr(model, HANDLE_ATTR, None)
     if handle is None:
         return

@@ -1,4 +1,4 @@
-"""Noun phrases of a prompt at every nesting level, as Structured Diffusion Guidance uses them (issue #7).
+"""Noun phrases of a prompt at every nesting level, as Structured Diffusion Guidance uses them.
 
 Definition (Feng et al. 2023, "Training-Free Structured Diffusion Guidance", arXiv 2212.05032): every NP node of a
 constituency parse that covers more than one word, nested ones included, in pre-order (an outer phrase before the

@@ -1,4 +1,4 @@
-"""`StructuredCrossAttnProcessor`: Structured Diffusion Guidance on one cross-attention module (issue #7).
+"""`StructuredCrossAttnProcessor`: Structured Diffusion Guidance on one cross-attention module.
 
 Feng et al. 2023, "Training-Free Structured Diffusion Guidance" (arXiv 2212.05032). For a conditional row with the
 stack E = [W_p, W̄_1…W̄_k] of structured embeddings (as the module sees them, after any caption projection):

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .bottleneck_families import Family, family_of, latent_frames
+from ..families import Family, family_for_pipeline
+from ..families.latents import latent_frames
+from ..families.prompt import encode_prompt_once, encoded_keywords
 from .bottleneck_presets import PRESETS
 from .bottleneck_schedule import StageScheduler, pipeline_shift, stage_sigmas
 from .resample import RESAMPLE_MODES, resize_latents
@@ -74,7 +76,7 @@ class BottleneckSampler:
     """Bottleneck Sampling (Tian et al., 2025) on a stock flow-matching pipeline; returns the pipeline's own output."""
 
     def __init__(self, pipe: object, stages: Sequence[Stage], resample: str = "bicubic-aa") -> None:
-        self.family: Family = family_of(pipe)
+        self.family: Family = family_for_pipeline(pipe, "bottleneck")
         stages = tuple(stages) if isinstance(stages, (list, tuple)) else stages
         if not isinstance(stages, tuple) or not stages:
             raise ValueError(f"stages must be a non-empty list of unbottle.Stage, got {stages!r}")
@@ -124,7 +126,7 @@ class BottleneckSampler:
             fallback = fallback * pipe.vae_scale_factor if fallback else None
             height = height or defaults.get("height") or fallback
             width = width or defaults.get("width") or fallback
-        multiple = family.multiple(pipe)
+        multiple = family.latents.multiple(pipe)
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
                 raise ValueError(
@@ -144,9 +146,9 @@ class BottleneckSampler:
             if stage.shift is not None or stage.strength < 1.0:  # else: the pipeline's own schedule, untouched
                 shift = stage.shift
                 if shift is None:  # the pipeline's own shift for this stage's token count
-                    lh, lw = family.latent_size(pipe, h, w)
-                    shape = (1, 1, latent_frames(pipe, frames), lh, lw) if family.video else (1, 1, lh, lw)
-                    shift = pipeline_shift(pipe.scheduler, family.tokens(pipe, shape))
+                    lh, lw = family.latents.latent_size(pipe, h, w)
+                    shape = (1, 1, latent_frames(pipe, frames), lh, lw) if family.latents.video else (1, 1, lh, lw)
+                    shift = pipeline_shift(pipe.scheduler, family.latents.tokens(pipe, shape))
                 sigmas = tuple(stage_sigmas(stage.steps, stage.strength, shift))
             plans.append(StagePlan(stage, h, w, sigmas))
         return plans
@@ -173,13 +175,14 @@ class BottleneckSampler:
         if refused:
             raise TypeError(f"{', '.join(refused)}: set per stage by BottleneckSampler (Stage.steps, Stage.shift)")
         pipe, family = self.pipe, self.family
-        frames = kwargs.get("num_frames") if family.video else None
+        frames = kwargs.get("num_frames") if family.latents.video else None
         plans = self.plan(height, width, frames)
         frames = frames if frames is not None else self._defaults().get("num_frames")
         if prompt is not None:
             kwargs["prompt"] = prompt
-        embeddings = family.encode(pipe, kwargs, self._defaults().get("guidance_scale"))
-        consumed = family.consumed(pipe)
+        # negatives only where the call runs CFG (guidance_scale > 1) or true CFG (true_cfg_scale > 1), as the pipeline
+        embeddings = encode_prompt_once(pipe, family.prompt, kwargs, always_negative=False)
+        consumed = encoded_keywords(pipe)
         common = {k: v for k, v in kwargs.items() if k not in consumed and k != "latents"}
         generator = kwargs.get("generator")
         latents = kwargs.get("latents")  # the caller's starting noise, if any, is the first stage's
@@ -195,13 +198,13 @@ class BottleneckSampler:
                 out = pipe(**call)
             if last:
                 return out
-            x0 = family.to_grid(pipe, out[0], plan.height, plan.width, frames)  # x̂0: (B, C, [F,] h, w)
-            latents = family.from_grid(pipe, self._renoise(x0, plans[i + 1], generator))
+            x0 = family.latents.to_grid(pipe, out[0], plan.height, plan.width, frames)  # x̂0: (B, C, [F,] h, w)
+            latents = family.latents.from_grid(pipe, self._renoise(x0, plans[i + 1], generator))
         raise AssertionError("unreachable: the last stage returns")
 
     def _renoise(self, x0: torch.Tensor, plan: StagePlan, generator: object) -> torch.Tensor:
         """x̂0 resized to the next stage, then noised to its strength w: (1 − w)·x̂0 + w·ε, ε ~ N(0, I) seeded."""
-        size = self.family.latent_size(self.pipe, plan.height, plan.width)
+        size = self.family.latents.latent_size(self.pipe, plan.height, plan.width)
         resized = resize_latents(x0, size, self.resample).float()  # (B, C, [F,] h', w')
         noise = randn_tensor(resized.shape, generator=generator, device=resized.device, dtype=torch.float32)
         w = plan.stage.strength

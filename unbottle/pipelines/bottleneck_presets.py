@@ -1,6 +1,7 @@
 """Stage lists for `BottleneckSampler.from_preset`, from Bottleneck Sampling (Tian et al., 2025) and our cost model.
 
-A preset is named by the wall-clock speedup it is meant to measure against the stock pipeline's own step count.
+A preset is named by the wall-clock speedup it is meant to measure against the stock pipeline's own step count (its
+family's `stock_steps` in the family registry: 50; SD3 28).
 Rows are (scale, steps, strength, shift), high → low → high resolution, as in the paper's Tables 4 and 5.
 
 Cost model (H200, bf16, one transformer call; ../shared/notes/bottleneck-sampling.md): Flux-dev 1024² 170 ms, 512²
@@ -10,9 +11,6 @@ Cost model (H200, bf16, one transformer call; ../shared/notes/bottleneck-samplin
 from __future__ import annotations
 
 from types import MappingProxyType
-
-# the stock step count each family's presets are set against (their speed-up is measured against it)
-STOCK_STEPS = MappingProxyType({"Flux": 50, "HunyuanVideo": 50, "Wan": 50, "SD3": 28})
 
 PRESETS = MappingProxyType({
     # FLUX.1-dev, paper Table 4 verbatim (1024 → 512 → 1024). 14 × 170 + 20 × 84 ms ≈ 0.48 of 50 full steps: this

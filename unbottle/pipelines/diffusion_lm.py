@@ -40,7 +40,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .diffusion_lm_stock import dlm_hooks, notify_start, run_stock_dlm_pipeline
+from ..attention_processors import notify_dlm_generation_start, notify_dlm_step
+from .diffusion_lm_stock import run_stock_dlm_pipeline
 from .remasking import REMASKING, confidence, precise_dtype, sample_tokens, select_transfer, transfer_schedule
 
 __all__ = ["DiffusionLMConfig", "DiffusionLMPipeline", "DiffusionLMPipelineOutput", "run_stock_dlm_pipeline"]
@@ -343,10 +344,8 @@ class DiffusionLMPipeline(DiffusionPipeline):
         model_mask = mask.repeat(2, 1) if guided else mask  # (B', L)
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, L): 0 at each row's first real token
         position_ids = position_ids.repeat(2, 1) if guided else position_ids  # (B', L)
-        start_hook, step_hook = dlm_hooks()
-        if start_hook is not None:
-            notify_start(start_hook, self.model, prompt_length=prompt_length, gen_length=config.gen_length,
-                         attention_mask=model_mask, total_steps=config.steps)  # fmt: skip
+        notify_dlm_generation_start(self.model, prompt_length=prompt_length, gen_length=config.gen_length,
+                                    attention_mask=model_mask, total_steps=config.steps)  # fmt: skip
 
         per_block = config.steps_per_block
         progress = self.progress_bar(total=config.steps)
@@ -360,8 +359,7 @@ class DiffusionLMPipeline(DiffusionPipeline):
                 if not bool(counts.any()):  # more steps than tokens: this step commits nothing, so no forward
                     progress.update()
                     continue
-                if step_hook is not None:
-                    step_hook(self.model, step=step, total_steps=config.steps)
+                notify_dlm_step(self.model, step=step, total_steps=config.steps)
                 inputs = torch.cat([x, x.masked_fill(prompt_tokens, self.mask_token_id)]) if guided else x  # (B', L)
                 logits = self._block_logits(
                     inputs, model_mask if padded else None, position_ids if padded else None, start, end, params

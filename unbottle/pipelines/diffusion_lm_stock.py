@@ -2,10 +2,10 @@
 
 SparseD (Wang et al. 2025) attends densely for the first steps of a generation, then reuses per-head patterns for the
 rest, so the attention needs to know which step the next forward belongs to and when a generation starts. The hooks
-live in `unbottle.attention_processors` (`notify_dlm_generation_start`, `notify_dlm_step`); they are looked up at
-each call, so a build without them (or one where they are not yet added) runs dense with no change:
+live in `unbottle.attention_processors` (`notify_dlm_generation_start`, `notify_dlm_step`) and do nothing on a model
+without sparse attention:
 
-    notify_dlm_generation_start(model, prompt_length=P, gen_length=G, attention_mask=mask[, total_steps=T])  # once
+    notify_dlm_generation_start(model, prompt_length=P, gen_length=G, attention_mask=mask, total_steps=T)  # once
     notify_dlm_step(model, step=i, total_steps=T)                                                # before forward i
 
 `run_stock_dlm_pipeline` drives diffusers' own `LLaDA2Pipeline` or `DiffusionGemmaPipeline` (both in diffusers
@@ -24,32 +24,9 @@ from typing import Any
 
 import torch
 
+from ..attention_processors import notify_dlm_generation_start, notify_dlm_step
+
 STOCK_PIPELINES = ("LLaDA2Pipeline", "DiffusionGemmaPipeline")
-
-Hook = Callable[..., Any]
-
-
-def dlm_hooks() -> tuple[Hook | None, Hook | None]:
-    """`(notify_dlm_generation_start, notify_dlm_step)` from unbottle.attention_processors; None where absent."""
-    try:
-        from .. import attention_processors
-    except ImportError:
-        return None, None
-    return (getattr(attention_processors, "notify_dlm_generation_start", None),
-            getattr(attention_processors, "notify_dlm_step", None))  # fmt: skip
-
-
-def notify_start(start: Hook, model: object, *, prompt_length: int, gen_length: int, attention_mask: torch.Tensor,
-                 total_steps: int) -> None:  # fmt: skip
-    """Call `notify_dlm_generation_start`, with `total_steps` too where it takes that (an optional keyword)."""
-    kwargs: dict[str, Any] = dict(prompt_length=prompt_length, gen_length=gen_length, attention_mask=attention_mask)
-    try:
-        params = inspect.signature(start).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "total_steps" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs["total_steps"] = total_steps
-    start(model, **kwargs)
 
 
 def _defaults(pipe: object) -> dict[str, Any]:
@@ -107,31 +84,25 @@ def run_stock_dlm_pipeline(pipe: Any, prompt: str | list[str] | None = None, **k
     """Run a stock diffusers LLaDA2Pipeline / DiffusionGemmaPipeline with SparseD's step hooks notified; its output.
 
     Same arguments and output as `pipe(prompt, **kwargs)`. Enable sparse attention on the pipeline first
-    (`unbottle.enable_sparse_attention(pipe, config)`); without the hooks this is exactly `pipe(prompt, **kwargs)`.
+    (`unbottle.enable_sparse_attention(pipe, config)`); without it the notifications do nothing.
     """
     name = type(pipe).__name__
     if name not in STOCK_PIPELINES:
         raise TypeError(f"run_stock_dlm_pipeline supports {', '.join(STOCK_PIPELINES)}; got {name}")
-    start, step_hook = dlm_hooks()
-    if start is None and step_hook is None:
-        return pipe(prompt=prompt, **kwargs)
     plan = _llada2_plan if name == "LLaDA2Pipeline" else _diffusion_gemma_plan
     prompt_mask, gen_length, total = plan(pipe, prompt, kwargs)  # prompt_mask: (B, P)
     model = pipe.model
-    if start is not None:
-        ones = torch.ones(prompt_mask.shape[0], gen_length, dtype=prompt_mask.dtype)
-        mask = torch.cat([prompt_mask.long(), ones.long()], 1).to(pipe._execution_device)  # (B, P + G)
-        notify_start(start, model, prompt_length=prompt_mask.shape[1], gen_length=gen_length, attention_mask=mask,
-                     total_steps=total)  # fmt: skip
-    if step_hook is None:
-        return pipe(prompt=prompt, **kwargs)
+    ones = torch.ones(prompt_mask.shape[0], gen_length, dtype=prompt_mask.dtype)
+    mask = torch.cat([prompt_mask.long(), ones.long()], 1).to(pipe._execution_device)  # (B, P + G)
+    notify_dlm_generation_start(model, prompt_length=prompt_mask.shape[1], gen_length=gen_length, attention_mask=mask,
+                                total_steps=total)  # fmt: skip
 
     def next_step(step: int) -> None:
         if step + 1 < total:
-            step_hook(model, step=step + 1, total_steps=total)
+            notify_dlm_step(model, step=step + 1, total_steps=total)
 
     callback = kwargs.pop("callback_on_step_end", None)
     if callback is not None and hasattr(callback, "tensor_inputs"):  # a PipelineCallback: its inputs, explicitly
         kwargs["callback_on_step_end_tensor_inputs"] = list(callback.tensor_inputs)
-    step_hook(model, step=0, total_steps=total)
+    notify_dlm_step(model, step=0, total_steps=total)
     return pipe(prompt=prompt, callback_on_step_end=_chain(callback, next_step), **kwargs)

@@ -6,7 +6,7 @@ log-density is (d − 1)·log‖ε‖ − ‖ε‖²/2 + const; K(ε) is that lo
     reg(ε) = γ · (0.5·‖ε‖² − (d − 1)·log‖ε‖),        minimal at ‖ε‖ = √(d − 1)
 
 so the optimized noise keeps the norm of a typical Gaussian sample (it concentrates at √d). Always computed in
-float32 (ReNO issue #4: −inf in half precision) on each sample's whole noise, whatever its layout.
+float32 (in half precision the log-density underflows to −inf) on each sample's whole noise, whatever its layout.
 """
 
 from __future__ import annotations

@@ -33,10 +33,11 @@ Differentiable generation through the pipeline's own code: diffusers wraps `Diff
 `@torch.no_grad()`, whose decorator keeps the original function as `type(pipe).__call__.__wrapped__`. Calling it
 with `latents=` the noise, the prompt encoded once (`prompt_embeds=` ..., no grad) and `output_type="pt"` runs the
 stock sampling loop, scheduler and VAE decode with gradients, and gives the same image as `pipe(...)` with those
-latents. Noise shapes per family (`noise_families`): SD 1.x/2.x, SDXL, PixArt-α/Σ, SD3, Flux (packed tokens) and
-Wan; any other pipeline supports exploration only (`iterations=0`): best-of-N seeds by the weighted reward
-Σ_i λ_i·r~_i, with no gradients, through plain `pipe(prompt, generator=...)` calls (videos: frames averaged;
-diffusion LMs such as LLaDA2Pipeline: their `.texts`, scored by text rewards, e.g. the `shapes-retrieval` verifier).
+latents. Noise shapes per family (its `latents` in the family registry): SD 1.x/2.x, SDXL, PixArt-α/Σ, SD3, Flux
+(packed tokens) and Wan; any other pipeline supports exploration only (`iterations=0`): best-of-N seeds by the
+weighted reward Σ_i λ_i·r~_i, with no gradients, through plain `pipe(prompt, generator=...)` calls (videos: frames
+averaged; diffusion LMs such as LLaDA2Pipeline: their `.texts`, scored by text rewards, e.g. the `shapes-retrieval`
+verifier).
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_families import PER_PROMPT, NoiseFamily, encode, noise_family, supported_families, text_keys
+from ..families import Family, UnsupportedModelError, family_for_pipeline, supported_families
+from ..families.prompt import PER_PROMPT, encode_prompt_once, text_keywords
+from ..families.registry import HOW_TO_ADD
 from .noise_regularizer import chi_regularizer
 
 # set by the search itself; a caller's value would be silently overridden, so it is refused
@@ -174,6 +178,17 @@ class NoiseSearchResult:
     iteration: int  # which iterate of the seed was chosen (0: its initial noise)
     loss: float  # Σ_i (1 − r~_i) of the chosen image
     history: dict[int, list[SearchStep]]  # per seed, per iteration
+
+
+def draw_noise(
+    pipe: Any, family: Family, kwargs: dict, seed: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise in the `latents=` format, the CPU generator's state after the draw) for seed `seed`, exactly as
+    `pipe(**kwargs, generator=torch.Generator().manual_seed(seed))` draws it (CARINOX)."""
+    generator = torch.Generator().manual_seed(seed)
+    grid = randn_tensor(family.latents.noise_shape(pipe, kwargs), generator=generator, device=pipe._execution_device,
+                        dtype=dtype)  # (1, C, [F',] h, w)  # fmt: skip
+    return family.latents.from_grid(pipe, grid), generator.get_state()
 
 
 def _clip(grad: torch.Tensor, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,12 +369,13 @@ class NoiseSearch:
             gradient_checkpointing=gradient_checkpointing, batched_vjp=batched_vjp, compile=compile,
         )  # fmt: skip
         self.pipe, self.progress = pipe, bool(progress)
-        self.family: NoiseFamily | None = noise_family(pipe)
+        self.family: Family | None = family_for_pipeline(pipe, "noise", required=False)
         if self.config.iterations > 0 and self.family is None:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"unbottle.NoiseSearch cannot optimize the noise of a {type(pipe).__name__} "
                 f"(iterations={self.config.iterations}); gradient noise optimization supports: "
-                f"{supported_families()}. iterations=0 (exploration: best of N seeds) works with any pipeline"
+                f"{supported_families('noise')}. iterations=0 (exploration: best of N seeds) works with any pipeline; "
+                f"{HOW_TO_ADD}"
             )
         self.rewards = _load_rewards(rewards, getattr(pipe, "_execution_device", torch.device("cpu")))
         text = [name for name, (r, _) in self.rewards.items() if getattr(r, "modality", "image") == "text"]
@@ -451,21 +467,22 @@ class NoiseSearch:
         step, seed, output = best
         latents = None
         if self.family is not None:  # the chosen noise, as the pipeline drew it
-            dtype = self.family.noise_dtype(self._encode(kwargs, prompt))
-            latents = self.family.draw(self.pipe, kwargs, seed, dtype)[0]
+            dtype = self.family.latents.noise_dtype(self._encode(kwargs, prompt))
+            latents = draw_noise(self.pipe, self.family, kwargs, seed, dtype)[0]
         media = output.texts if getattr(output, "texts", None) is not None else _media(output)
         return NoiseSearchResult(output, media, seed, step.scores, step.units, latents, 0, step.loss, history)
 
     def _encode(self, kwargs: dict, prompt: str) -> dict[str, torch.Tensor]:
-        return encode(self.pipe, self.family, dict(kwargs, prompt=prompt))
+        # the negative always (CFG on or off): the cache serves every call
+        return encode_prompt_once(self.pipe, self.family.prompt, dict(kwargs, prompt=prompt), always_negative=True)
 
     def _call_arguments(self, prompt: str, kwargs: dict) -> tuple[dict, torch.dtype]:
         """The stock call's keywords with the prompt encoded once, and the latents' dtype (CARINOX caching)."""
         embeds = self._encode(kwargs, prompt)
-        dtype = self.family.noise_dtype(embeds)
+        dtype = self.family.latents.noise_dtype(embeds)
         if "encode_prompt" in self.pipe.__dict__:  # a wrapped encode_prompt (structured guidance) must see each call
             return dict(kwargs, prompt=prompt), dtype
-        texts = text_keys(self.pipe)  # None, not left out: a default text (PixArt's negative "") would clash
+        texts = text_keywords(self.pipe)  # None, not left out: a default text (PixArt's negative "") would clash
         return {**{k: v for k, v in kwargs.items() if k not in texts}, **dict.fromkeys(texts), **embeds}, dtype
 
     def _optimize(self, prompt: str, kwargs: dict) -> NoiseSearchResult:
@@ -480,7 +497,7 @@ class NoiseSearch:
                 _quiet(pipe, self.progress), \
                 self._bar(total, f"{len(cfg.seeds)} seeds × {cfg.iterations} iterations") as bar:  # fmt: skip
             for seed in cfg.seeds:
-                noise, state = self.family.draw(pipe, kwargs, seed, dtype)
+                noise, state = draw_noise(pipe, self.family, kwargs, seed, dtype)
                 steps, (step, latents) = self._optimize_seed(prompt, call, noise, state, dtype, bar, seed)
                 history[seed] = steps
                 if best is None or step.loss < best[0].loss:

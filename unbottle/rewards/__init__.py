@@ -1,4 +1,4 @@
-"""Differentiable rewards on images in [0, 1]: shapes CLIP, CLIP, HPSv2, PickScore, ImageReward, aesthetic (issue #8).
+"""Differentiable rewards on images in [0, 1]: shapes CLIP, CLIP, HPSv2, PickScore, ImageReward, aesthetic.
 
     reward = unbottle.load_reward("shapes-clip")              # the offline default, shipped with the package
     score = reward(images, prompts)                            # (B,) float32, differentiable w.r.t. images

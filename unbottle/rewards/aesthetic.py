@@ -5,9 +5,9 @@ ViT-L/14 image embedding (open_clip "ViT-L-14" with the OpenAI weights, QuickGEL
 the predicted rating on a 1-10 scale (about 5-6 for typical generations). `unit = score / 10`: ReNO's aesthetic loss
 is `10 - score`.
 
-`path`: the head's state dict (`sac+logos+ava1-l14-linearMSE.pth` from github.com/christophschuhmann/improved-
-aesthetic-predictor, or a .safetensors with the same keys), or "hf-hub:owner/name/file". The CLIP weights: `clip_path`
-(a local open_clip checkpoint or "hf-hub:..."), else (model_name, pretrained) from the local hub cache.
+`path`: the head's state dict (the predictor's released `sac+logos+ava1-l14-linearMSE.pth`, or a .safetensors with
+the same keys), or "hf-hub:owner/name/file". The CLIP weights: `clip_path` (a local open_clip checkpoint or
+"hf-hub:..."), else (model_name, pretrained) from the local hub cache.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Category-aware reward weights (CARINOX, Kasaei et al., arXiv 2509.17458): which rewards to trust for which prompt.
 
 Data: Pearson r between each reward and human judgement on the T2I-CompBench++ human-evaluation set (8 categories
-× 300 images, 6 generators), from CARINOX's correlation study (`Compositional_Metric_Evaluation.ipynb` in
-github.com/amirkasaei/carinox; companion paper "Evaluating the Evaluators", arXiv 2509.21227), restricted to the
-rewards implemented here (HPS, ImageReward, CLIP, PickScore; the LAION aesthetic score correlates at r <= 0.195
-everywhere and is left out). "overall" is the study's pooled row over six categories.
+× 300 images, 6 generators), from the CARINOX authors' correlation study (companion paper "Evaluating the
+Evaluators", arXiv 2509.21227), restricted to the rewards implemented here (HPS, ImageReward, CLIP, PickScore; the
+LAION aesthetic score correlates at r <= 0.195 everywhere and is left out). "overall" is the study's pooled row over
+six categories.
 
 Derivation (ours; CARINOX publishes weights but not how they were derived): keep the rewards whose r reaches
 `floor` (default 0.3, the conventional threshold of a moderate correlation; the best reward is always kept), and
 weight them in proportion to r, normalized so the weights sum to the number kept (mean weight 1, like the rows of
-CARINOX's weights.json, which sum to about 4 over its 4 rewards). The weights multiply the loss
+CARINOX's published weight table, which sum to about 4 over its 4 rewards). The weights multiply the loss
 `weight * (1 - unit(score))` of each reward.
 """
 

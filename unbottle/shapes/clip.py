@@ -7,7 +7,7 @@
 
 The model is a stock `open_clip.model.CLIP` built from `CLIP_CONFIG` (registered as "shapes-clip", so
 `open_clip.create_model("shapes-clip")` builds it too). The text tower reads the word-level tokenizer of
-`unbottle.testing.tokenizers` (`<pad>` = 0, `<unk>` = 1, `</s>` = 2, then the words) and pools with
+`unbottle.tokenizers` (`<pad>` = 0, `<unk>` = 1, `</s>` = 2, then the words) and pools with
 `pool_type="eos"` at `eos_id` 2: the feature is read at the first end token, and the causal mask keeps the padding
 after it out. (open_clip's default `argmax` pooling reads the highest id in the sequence: for these ids a word.)
 Preprocessing is torch ops only (resize the shorter side with antialiased bicubic, centre-crop, normalize with
@@ -36,7 +36,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 @functools.cache
 def _hf_tokenizer(context_length: int = CONTEXT_LENGTH):
-    from unbottle.testing.tokenizers import word_level_tokenizer
+    from ..tokenizers import word_level_tokenizer
 
     return word_level_tokenizer(context_length)
 

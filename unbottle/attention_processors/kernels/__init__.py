@@ -1,4 +1,4 @@
-"""Triton block-sparse attention kernels for Hopper, each with a PyTorch reference (issue #5)."""
+"""Triton block-sparse attention kernels for Hopper, each with a PyTorch reference."""
 
 from .block_sparse_fwd import block_sparse_attention_triton
 

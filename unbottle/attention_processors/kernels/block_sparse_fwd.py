@@ -22,9 +22,19 @@ import triton.language as tl
 from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
 from .block_sparse_fwd_tma import launch_tma, tma_eligible
-from .program_rows import finish_rows, kept_list, store_lse
+from .common import (
+    INTERPRETED,
+    LOG2E,
+    SHARED_MEMORY_BUDGET,
+    TUNED,
+    finish_rows,
+    kept_list,
+    largest_tile,
+    remember_tuned,
+    store_lse,
+    tuned_key,
+)
 
-LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -39,7 +49,6 @@ CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=2),
 ]
-SHARED_MEMORY_BUDGET = 227 * 1024  # bytes per block on H100/H200; the autotuner skips configs that still overflow
 
 
 @triton.jit
@@ -162,21 +171,13 @@ def _block_sparse_fwd_kernel(
         store_lse(lse_ptr, stride_lb, stride_lh, off_b, off_h, offs_m, rows_ok, m_i, l_i)
 
 
-def _largest_tile(block_size: int, cap: int) -> int:
-    """The largest power of two ≤ `cap` (and ≥ 16) dividing `block_size`."""
-    tile = cap
-    while tile > 16 and block_size % tile:
-        tile //= 2
-    return tile
-
-
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Configs whose tiles divide the BlockMask blocks and fit in shared memory; one in the interpreter (no timing)."""
     args = {**named_args, **kwargs}
     q_bs, kv_bs, block_d = args["Q_BS"], args["KV_BS"], args["BLOCK_D"]
     item = args["q_ptr"].element_size()
     if INTERPRETED:  # the interpreter cannot time configs: the largest dividing tiles run fastest there
-        return [triton.Config({"BLOCK_M": _largest_tile(q_bs, 128), "BLOCK_N": _largest_tile(kv_bs, 128)})]
+        return [triton.Config({"BLOCK_M": largest_tile(q_bs, 128), "BLOCK_N": largest_tile(kv_bs, 128)})]
 
     def smem(c: triton.Config) -> int:  # q tile + K and V tiles per pipeline stage
         return (c.kwargs["BLOCK_M"] + 2 * c.num_stages * c.kwargs["BLOCK_N"]) * block_d * item
@@ -187,7 +188,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     ]  # fmt: skip
     if kept:
         return kept
-    small = {"BLOCK_M": _largest_tile(q_bs, 64), "BLOCK_N": _largest_tile(kv_bs, 64)}
+    small = {"BLOCK_M": largest_tile(q_bs, 64), "BLOCK_N": largest_tile(kv_bs, 64)}
     stages = 2 if (small["BLOCK_M"] + 4 * small["BLOCK_N"]) * block_d * item <= SHARED_MEMORY_BUDGET else 1
     return [triton.Config(small, num_warps=4, num_stages=stages)]
 
@@ -195,8 +196,6 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 _block_sparse_fwd_tuned = triton.autotune(
     configs=CONFIGS, key=["HEAD_DIM", "Q_BS", "KV_BS"], prune_configs_by={"early_config_prune": _prune_configs}
 )(_block_sparse_fwd_kernel)
-
-INTERPRETED = not isinstance(_block_sparse_fwd_kernel, triton.runtime.JITFunction)  # imported with TRITON_INTERPRET=1
 
 
 def _mask_strides(t: torch.Tensor, prefix: str) -> dict[str, int]:
@@ -270,20 +269,6 @@ def _check_inputs(
 
 
 TMA_REFUSED: set[tuple] = set()  # (dtype, D, block sizes) on which the TMA kernel failed: the pointer kernel runs
-TUNED: dict[tuple, dict] = {}  # autotuned config per autotuning key: later calls launch it without the autotuner
-
-
-def tuned_key(args: dict, kernel: str = "pointer") -> tuple:
-    """The autotuner's own key (HEAD_DIM, block sizes, the tensors' dtypes), plus the kernel's name and MASK_TAIL."""
-    dtypes = tuple(str(v.dtype) for v in args.values() if isinstance(v, torch.Tensor))
-    return (kernel, args["HEAD_DIM"], args["Q_BS"], args["KV_BS"], args.get("MASK_TAIL"), *dtypes)
-
-
-def remember_tuned(key: tuple, tuned: triton.runtime.Autotuner) -> None:
-    """Keep the config the autotuner just ran (~80 µs of Python per call saved on an H200; not in the interpreter)."""
-    best = getattr(tuned, "best_config", None)
-    if best is not None and not INTERPRETED:
-        TUNED[key] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
 
 
 def _launch(

@@ -16,14 +16,22 @@ import torch
 import triton
 import triton.language as tl
 
-from .program_rows import finish_rows, kept_list, store_lse
+from .common import (
+    INTERPRETED,
+    SHARED_MEMORY_BUDGET,
+    TUNED,
+    finish_rows,
+    kept_list,
+    largest_tile,
+    remember_tuned,
+    store_lse,
+    tuned_key,
+)
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # Triton < 3.4: no host-side tensor descriptors, the pointer kernel runs everywhere
     TensorDescriptor = None
-
-SHARED_MEMORY_BUDGET = 227 * 1024  # bytes per block on H100/H200
 
 
 @triton.jit
@@ -141,20 +149,14 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     def smem(c: triton.Config) -> int:  # q tile + K and V tiles per pipeline stage
         return (c.kwargs["BLOCK_M"] + 2 * c.num_stages * c.kwargs["BLOCK_N"]) * d * item
 
-    def largest(block_size: int, cap: int) -> int:  # the largest power of two ≤ cap (and ≥ 16) dividing the block
-        tile = cap
-        while tile > 16 and block_size % tile:
-            tile //= 2
-        return tile
-
     if INTERPRETED:  # the interpreter cannot time configs: the largest dividing tiles run fastest there
-        tiles = {"BLOCK_M": largest(q_bs, 128), "BLOCK_N": largest(kv_bs, 128)}
+        tiles = {"BLOCK_M": largest_tile(q_bs, 128), "BLOCK_N": largest_tile(kv_bs, 128)}
         return [triton.Config(tiles, pre_hook=_set_block_shapes)]
     fits = [c for c in configs if q_bs % c.kwargs["BLOCK_M"] == 0 and kv_bs % c.kwargs["BLOCK_N"] == 0
             and smem(c) <= SHARED_MEMORY_BUDGET]  # fmt: skip
     if fits:
         return fits
-    small = {"BLOCK_M": largest(q_bs, 64), "BLOCK_N": largest(kv_bs, 64)}
+    small = {"BLOCK_M": largest_tile(q_bs, 64), "BLOCK_N": largest_tile(kv_bs, 64)}
     stages = 2 if (small["BLOCK_M"] + 4 * small["BLOCK_N"]) * d * item <= SHARED_MEMORY_BUDGET else 1
     return [triton.Config(small, num_warps=4, num_stages=stages, pre_hook=_set_block_shapes)]
 
@@ -163,9 +165,6 @@ _block_sparse_fwd_tma_tuned = triton.autotune(
     configs=CONFIGS, key=["HEAD_DIM", "Q_BS", "KV_BS", "MASK_TAIL"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_block_sparse_fwd_tma_kernel)  # fmt: skip
-
-
-INTERPRETED = not isinstance(_block_sparse_fwd_tma_kernel, triton.runtime.JITFunction)  # TRITON_INTERPRET=1
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -202,8 +201,6 @@ def launch_tma(args: dict, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ou
         return triton.cdiv(n_q, meta["BLOCK_M"]), b * h
 
     if config is None:
-        from .block_sparse_fwd import TUNED, remember_tuned, tuned_key
-
         key = tuned_key({**kernel_args, "q": q}, "tma")
         config = TUNED.get(key)
         if config is None:

@@ -11,13 +11,11 @@ reference and the CPU path; sequence tails are masked per token (rows past Nq ad
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = math.log2(math.e)
+from .common import INTERPRETED, LOG2E
 
 
 @triton.jit(do_not_specialize=["n_q", "n_kv", "n_kv_blocks", "stride_lb", "stride_lh", "stride_ob", "stride_oh",
@@ -68,8 +66,6 @@ def _tile_importance_kernel(
 def tile_importance_supported(q: torch.Tensor, block_size: int) -> bool:
     """Whether the kernel takes these inputs: CUDA (or the interpreter), fp16/bf16/fp32, D ≤ 256, a power-of-two block
     size of at least 16."""
-    from .block_sparse_fwd import INTERPRETED
-
     return (
         (q.is_cuda or INTERPRETED)
         and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
@@ -84,8 +80,6 @@ def tile_probability_sums(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, b
     """(B, H, nQ, nK) fp32: Σ over each tile of exp(q·kᵀ·scale − lse_row), SparseD's tile mass (Wang et al., 2025).
 
     q (B, H, Nq, D), k (B, H, Nk, D) of one dtype, lse (B, H, Nq) natural log (rows with +inf contribute 0)."""
-    from .block_sparse_fwd import INTERPRETED
-
     if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q, k must be (B, H, N, D) with equal B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
     if tuple(lse.shape) != tuple(q.shape[:3]):

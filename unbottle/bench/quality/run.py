@@ -1,4 +1,4 @@
-"""Quality benchmark on the shapes text-to-image model (issue #4): evaluator accuracy and fidelity to the stock output.
+"""Quality benchmark on the shapes text-to-image model: evaluator accuracy and fidelity to the stock output.
 
     unbottle bench quality -o bench/results --captions 64 --sparse 0.25,0.1      # CPU or GPU
 
@@ -20,62 +20,21 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..shapes import call_defaults, caption, load_pipeline, sample_scene
-from ..shapes.evaluate import FACT_TYPES, Report, evaluate
-
-HELD_OUT_SEED = 10_000
-
-
-@dataclass(frozen=True)
-class QualityOptions:
-    """What the quality benchmark generates and which method settings it compares with the stock pipeline."""
-
-    captions: int = 64
-    steps: int = 20
-    batch: int = 16
-    sparse: tuple[float, ...] = ()
-    sparse_pattern: str = "cached"
-    sparse_block_size: int = 16
-    bottleneck: tuple[str, ...] = ()
-    stages: tuple[tuple, ...] = ()  # custom bottleneck stage lists (tuples of `Stage`), one row each
-    structured: bool = False
-    seed: int = HELD_OUT_SEED
-    kinds: tuple[str, ...] = ()  # scene kinds of the held-out captions (world.KINDS); () = the natural mix
-    noise_seeds: int = 1  # each caption is generated with this many noises
-    noise_search: tuple[tuple[int, int], ...] = ()  # (seeds, iterations) per noise-search row
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from ..shapes.world import KINDS
-
-        for kind in self.kinds:
-            if kind not in KINDS:
-                raise ValueError(f"kinds: {kind!r} is not a scene kind; allowed: {', '.join(KINDS)}")
-        for seeds, iterations in self.noise_search:
-            if seeds < 1 or iterations < 0:
-                raise ValueError(f"noise search {seeds}x{iterations}: seeds must be ≥ 1 and iterations ≥ 0")
-        for name in ("captions", "steps", "batch", "sparse_block_size", "noise_seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for d in self.sparse:
-            if not 0.0 < d <= 1.0:
-                raise ValueError(f"sparse density must be in (0, 1], got {d}")
-        from ..pipelines.bottleneck_presets import PRESETS
-
-        for name in self.bottleneck:
-            if name not in PRESETS:
-                raise ValueError(f"bottleneck preset {name!r} is unknown; available: {', '.join(PRESETS)}")
+from ...errors import UsageError
+from ...shapes import call_defaults, caption, load_pipeline, sample_scene
+from ...shapes.evaluate import Report, evaluate
+from .options import HELD_OUT_SEED, QualityOptions, parse_noise_search
+from .report import write_outputs
 
 
 def held_out_captions(n: int, seed: int = HELD_OUT_SEED, kinds: tuple[str, ...] = ()) -> list[str]:
@@ -134,9 +93,9 @@ def run_quality(
     log: Callable[[str], None] = print,
 ) -> dict:  # fmt: skip
     """Generate the held-out captions stock and per setting; score each setting."""
-    from ..attention_processors import SparseAttentionConfig, disable_sparse_attention, enable_sparse_attention
-    from ..cli.bottleneck import format_stages
-    from ..pipelines.bottleneck import BottleneckSampler
+    from ...attention_processors import SparseAttentionConfig, disable_sparse_attention, enable_sparse_attention
+    from ...cli.bottleneck import format_stages
+    from ...pipelines.bottleneck import BottleneckSampler
 
     pipe = load_pipeline("t2i", device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -160,7 +119,7 @@ def run_quality(
         rows.append(_row(name, images, captions, stock, time.perf_counter() - start))
         log(f"{name}: accuracy {rows[-1]['accuracy']:.3f}, PSNR vs stock {rows[-1]['psnr_vs_stock']:.1f} dB")
     if options.structured:
-        from ..guidance import disable_structured_guidance, enable_structured_guidance
+        from ...guidance import disable_structured_guidance, enable_structured_guidance
 
         enable_structured_guidance(pipe)
         try:
@@ -189,8 +148,8 @@ def noise_search_rows(
     log: Callable[[str], None],
 ) -> list[dict]:  # fmt: skip
     """One row per (seeds, iterations) of reward-guided noise search (CARINOX) with the default reward, per caption."""
-    from ..pipelines.noise_search import NoiseSearch
-    from ..rewards import DEFAULT, load_reward
+    from ...pipelines.noise_search import NoiseSearch
+    from ...rewards import DEFAULT, load_reward
 
     reward = load_reward(DEFAULT, device=device)
     kwargs = {**call_defaults("t2i"), "num_inference_steps": options.steps, "output_type": "np"}
@@ -213,91 +172,10 @@ def noise_search_rows(
     return rows
 
 
-def parse_noise_search(text: str) -> list[tuple[int, int]]:
-    """Parse `--noise`: "4x0,1x3" → [(4, 0), (1, 3)] (seeds × iterations); ValueError naming the bad item."""
-    settings = []
-    for item in (t.strip() for t in text.split(",")):
-        seeds, sep, iterations = item.partition("x")
-        if not (sep and seeds.isdigit() and iterations.isdigit()):
-            raise ValueError(f"--noise item {item!r}: expected SEEDSxITERATIONS, e.g. 4x0 or 2x3")
-        settings.append((int(seeds), int(iterations)))
-    return settings
-
-
-def markdown_report(results: dict) -> str:
-    """One row per setting: accuracy, fact accuracy, per-category and per-fact accuracy, PSNR vs stock, time."""
-    categories = sorted({c for row in results["rows"] for c in row["per_category"]})
-    facts = [f for f in FACT_TYPES if any(f in row.get("per_fact", {}) for row in results["rows"])]
-    opts = results["options"]
-    fact_heads = [f"fact: {f}" for f in facts]
-    passes = any("forward_passes" in row for row in results["rows"])
-    head = ["setting", "accuracy", "facts", *categories, *fact_heads, "PSNR vs stock (dB)", "seconds"]
-    head += ["generator passes / image (fwd + bwd)"] if passes else []
-    kinds = f" of kinds {', '.join(opts['kinds'])}" if opts.get("kinds") else ""
-    noises = f" × {opts['noise_seeds']} noise seeds" if opts.get("noise_seeds", 1) > 1 else ""
-    lines = [
-        f"Shapes T2I quality: {opts['captions']} held-out captions{kinds} (seed {opts['seed']}){noises}, "
-        f"{opts['steps']} steps, {results['device']}.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for row in results["rows"]:
-        cells = [row["setting"], f"{row['accuracy']:.3f}", f"{row['fact_accuracy']:.3f}"]
-        cells += [f"{row['per_category'][c]:.3f}" if c in row["per_category"] else "–" for c in categories]
-        cells += [f"{row['per_fact'][f]:.3f}" if f in row.get("per_fact", {}) else "–" for f in facts]
-        cells += [f"{row['psnr_vs_stock']:.1f}", f"{row['seconds']:.1f}"]
-        if passes:
-            cells.append(f"{row['forward_passes']} + {row['backward_passes']}" if "forward_passes" in row else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(results: dict, out_dir: Path) -> tuple[Path, Path]:
-    """quality-shapes.json and quality-shapes.md in `out_dir` (created)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "quality-shapes.json", out_dir / "quality-shapes.md"
-    json_path.write_text(json.dumps(results, indent=1, default=str))
-    md_path.write_text(markdown_report(results))
-    return json_path, md_path
-
-
-def add_arguments(parser: argparse.ArgumentParser, parse_densities: Callable[[str], list[float]]) -> None:
-    """The quality benchmark's options on the `bench` parser."""
-    parser.add_argument("--captions", type=int, default=64, help="quality: held-out captions (default 64)")
-    parser.add_argument("--steps", type=int, default=20, help="quality: denoising steps (default 20)")
-    parser.add_argument("--caption-seed", type=int, default=HELD_OUT_SEED, metavar="S",
-                        help=f"quality: seed of the caption draw (default {HELD_OUT_SEED}, the held-out set; "
-                        "another seed gives a tuning set)")  # fmt: skip
-    densities = functools.partial(parse_densities, option="--sparse")
-    parser.add_argument("--sparse", type=densities, metavar="D,...", default=[],
-                        help="quality: sparse-attention densities to compare with stock")  # fmt: skip
-    parser.add_argument("--sparse-pattern", choices=["cached", "window", "dynamic"], default="cached",
-                        help="quality: sparse pattern (default cached)")  # fmt: skip
-    parser.add_argument(
-        "--presets",
-        type=lambda t: [p.strip() for p in t.split(",") if p.strip()],
-        default=[],
-        metavar="P,...",
-        help="quality: bottleneck presets to compare with stock (e.g. wan-2x,wan-3x)",
-    )
-    parser.add_argument("--stages", action="append", default=[], metavar="STAGES",
-                        help="quality: a custom bottleneck stage list to compare with stock, "
-                        "SCALE:STEPS:STRENGTH:SHIFT,... (repeatable)")  # fmt: skip
-    parser.add_argument("--structured", action="store_true", help="quality: compare structured guidance with stock")
-    parser.add_argument("--kinds", type=lambda t: [k.strip() for k in t.split(",") if k.strip()], default=[],
-                        metavar="K,...", help="quality: held-out captions of these scene kinds only")  # fmt: skip
-    parser.add_argument("--noise-seeds", type=int, default=1, metavar="N",
-                        help="quality: generate every caption with N noises (default 1)")  # fmt: skip
-    parser.add_argument("--noise", default="", metavar="SxI,...",
-                        help="quality: noise-search rows, seeds × iterations (e.g. 1x0,4x0,1x3,2x2)")  # fmt: skip
-
-
 def run_from_cli(args: argparse.Namespace) -> int:
     """`unbottle bench quality`: run on CUDA if present (else CPU), print the markdown table, write both files."""
-    from ..cli.bottleneck import parse_stages
-    from ..cli.errors import UsageError
-    from ..cli.output import prepare_output_folder, remove_empty_folders
+    from ...cli.bottleneck import parse_stages
+    from ...cli.output import prepare_output_folder, remove_empty_folders
 
     stages = tuple(tuple(parse_stages(text, "--stages")) for text in args.stages)  # UsageError naming the stage
     try:

@@ -1,0 +1,61 @@
+"""`SparseAttentionHandle`: what `enable_sparse_attention` changed on a model, for diffusers denoisers and
+transformers models alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from .config import SparseAttentionConfig
+from .engine import PatternStore
+
+if TYPE_CHECKING:
+    from ..families import Family
+    from .dlm_state import DLMSparseState
+    from .state import LayerStateHook, ModelClockHook
+
+HANDLE_ATTR = "_unbottle_sparse"  # the enabled model's handle
+
+
+@dataclass
+class SparseAttentionHandle:
+    """What `enable_sparse_attention` changed, to undo it exactly, and the state and patterns of its sparse layers.
+
+    A diffusers denoiser's handle holds its family, processors before, per-CFG-branch layer states and step clock; a
+    transformers model's its attention implementations before, its generation clock and forward pre-hook.
+    """
+
+    model: torch.nn.Module
+    config: SparseAttentionConfig
+    store: PatternStore  # patterns shared by the layers (diffusers) and pattern computations per layer (both)
+    originals: object  # diffusers: processors by `attn_processors` key (same objects); transformers: [(config, impl)]
+    family: Family | None = None  # diffusers: the model's family (its `attention` part picks and reads the layers)
+    layer_hooks: dict[str, LayerStateHook] = field(default_factory=dict)  # diffusers: per-branch states, by module
+    clock: ModelClockHook | None = None  # diffusers: the denoiser's step clock
+    state: DLMSparseState | None = None  # transformers: the generation clock and its layers' states
+    hook: object | None = None  # transformers: the forward pre-hook's RemovableHandle
+    undo: Callable[[torch.nn.Module], None] | None = None  # the front's disable, given the model
+
+    @property
+    def pattern_computations(self) -> dict[str, int]:
+        """How many times each layer computed a pattern (cached: once per resolution; on a transformers model once per
+        generation and sequence length)."""
+        return dict(self.store.computed)
+
+    def reset(self) -> None:
+        """Forget every layer's statistics and the step clock; diffusers' cached patterns stay, while a transformers
+        model starts a new generation (its patterns too): the next forward is its step 0."""
+        if self.state is not None:
+            self.state.start_generation()
+        for hook in self.layer_hooks.values():
+            hook.states.clear()
+        if self.clock is not None:
+            self.clock.clocks.clear()
+
+    def disable(self) -> None:
+        """`unbottle.disable_sparse_attention` on this model."""
+        if self.undo is not None:
+            self.undo(self.model)

@@ -1,0 +1,106 @@
+"""The end-to-end benchmark: whole-generation wall time, stock vs Bottleneck Sampling (Tian et al., 2025), alone and
+with sparse attention, on random-weight real-size pipelines (`unbottle bench e2e`, bench/e2e.py; what is measured, what
+is real-size and what is not: run.py).
+
+options.py: the cases and the command-line options; models.py: the real-size pipelines and prompt embeddings; run.py:
+one generation, the per-call clock, the run; report.py: speed-ups, targets, markdown and files.
+"""
+
+from __future__ import annotations
+
+from .models import (
+    FLUX_DEV_SCHEDULER,
+    FLUX_DEV_TRANSFORMER,
+    FLUX_DEV_VAE,
+    SD3_MEDIUM_TRANSFORMER,
+    SD3_SCHEDULER,
+    SD3_VAE,
+    WAN_1_3B_TRANSFORMER,
+    WAN_SCHEDULER,
+    WAN_VAE,
+    build_pipeline,
+    flux_dev_transformer,
+    flux_dev_vae,
+    prompt_inputs,
+    sd3_medium_transformer,
+    wan_1_3b_transformer,
+    wan_vae,
+)
+from .options import (
+    CASES,
+    DEFAULT_CASES,
+    NO_CUDA_MESSAGE,
+    QUICK_FRAMES,
+    QUICK_REPEATS,
+    QUICK_STEPS,
+    SPARSE,
+    TARGETS,
+    Case,
+    E2EOptions,
+    add_arguments,
+    effective_case,
+    options_from_args,
+    parse_cases,
+)
+from .report import evaluate_targets, finish_case, markdown_report, output_stem, speedup, write_outputs
+from .run import (
+    CallTimes,
+    build_parser,
+    decode,
+    main,
+    measure_decode,
+    measure_variant,
+    run_benchmark,
+    run_cases,
+    run_from_cli,
+    variant_stages,
+)
+
+__all__ = [
+    "CASES",
+    "DEFAULT_CASES",
+    "FLUX_DEV_SCHEDULER",
+    "FLUX_DEV_TRANSFORMER",
+    "FLUX_DEV_VAE",
+    "NO_CUDA_MESSAGE",
+    "QUICK_FRAMES",
+    "QUICK_REPEATS",
+    "QUICK_STEPS",
+    "SD3_MEDIUM_TRANSFORMER",
+    "SD3_SCHEDULER",
+    "SD3_VAE",
+    "SPARSE",
+    "TARGETS",
+    "WAN_1_3B_TRANSFORMER",
+    "WAN_SCHEDULER",
+    "WAN_VAE",
+    "CallTimes",
+    "Case",
+    "E2EOptions",
+    "add_arguments",
+    "build_parser",
+    "build_pipeline",
+    "decode",
+    "effective_case",
+    "evaluate_targets",
+    "finish_case",
+    "flux_dev_transformer",
+    "flux_dev_vae",
+    "main",
+    "markdown_report",
+    "measure_decode",
+    "measure_variant",
+    "options_from_args",
+    "output_stem",
+    "parse_cases",
+    "prompt_inputs",
+    "run_benchmark",
+    "run_cases",
+    "run_from_cli",
+    "sd3_medium_transformer",
+    "speedup",
+    "variant_stages",
+    "wan_1_3b_transformer",
+    "wan_vae",
+    "write_outputs",
+]
