@@ -142,3 +142,36 @@ def test_cli_text_default_answers_a_retrieval_query(capsys):
     prompt, answer = retrieval.make_example(random.Random(7), 512)
     assert main(["text", prompt, "--gen-length", str(len(answer.split())), "-q"]) == 0
     assert capsys.readouterr().out.split() == answer.split()
+
+
+def test_cli_text_at_its_default_length_stops_at_the_answer(capsys):
+    """`unbottle text "$(python -m unbottle.shapes.retrieval)"`: the model ends a short answer with end-of-text and
+    the printed text stops there (no repeated value word filling the default 4 generated tokens)."""
+    from unbottle.cli import main
+    from unbottle.shapes.retrieval import main as print_prompt
+
+    print_prompt([])  # the module's own default prompt: 512 tokens, seed 0, a 3-token answer
+    printed = capsys.readouterr()
+    prompt, answer = printed.out.strip(), printed.err.split(":", 1)[1].strip()
+    assert len(answer.split()) < call_defaults("dlm")["gen_length"]
+    assert main(["text", prompt, "-q"]) == 0
+    assert capsys.readouterr().out.split() == answer.split()
+    card = json.loads((ASSETS / "dlm" / "evaluation.json").read_text())
+    rng, correct = random.Random(10_000), 0
+    for _ in range(8):  # held-out documents that leave room for the default generation, as the card measures them
+        prompt, answer = retrieval.make_example(rng, card["length"], call_defaults("dlm")["gen_length"])
+        assert main(["text", prompt, "-q"]) == 0
+        correct += capsys.readouterr().out.split() == retrieval.answer_value(answer).split()
+    assert correct / 8 >= card["accuracy_floor"]
+
+
+def test_diffusion_lm_text_is_cut_at_the_first_end_of_text():
+    from unbottle.pipelines.diffusion_lm import DiffusionLMPipeline
+
+    tok = retrieval.tokenizer()
+    pipe = DiffusionLMPipeline.__new__(DiffusionLMPipeline)  # only the decoding is under test
+    pipe.tokenizer = tok
+    ids = tok(["v1 v2", "v3 v4 v5 v6"], add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    rows = torch.tensor([[ids[0][0], eos, ids[0][1], eos], ids[1]])
+    assert pipe._decode(rows) == ["v1", "v3 v4 v5 v6"]

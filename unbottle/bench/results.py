@@ -11,7 +11,8 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -67,6 +68,16 @@ def library_version(module: str) -> str | None:
 def utc_now() -> str:
     """The time in UTC, ISO 8601 to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def close_run(results: dict, started: float, write: Callable[[dict], dict], log: Callable[[str], None],
+              prefix: str = "") -> dict:  # fmt: skip
+    """Stamp a finished run (wall seconds since `started` on the perf counter, UTC end), write it, say where."""
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    results["finished"] = utc_now()
+    paths = write(results)
+    log(f"{prefix}wrote " + ", ".join(str(p) for p in paths.values()))
+    return results
 
 
 def environment(

@@ -37,7 +37,7 @@ from ...attention_processors.patterns import select_blocks
 from ...errors import RunError
 from .. import measure, script
 from ..measure import error_text, free, sync
-from ..results import environment, fmt, utc_now
+from ..results import close_run, environment, fmt
 from .options import (
     BLOCK_SIZE,
     CHECK_TOLERANCE,
@@ -421,10 +421,7 @@ def run_benchmark(
             free(device)  # the shape's inputs and outputs are gone with the call
     results["targets"] = evaluate_targets(results["rows"], results["first_call"])
     results["failed_checks"] = len(failed_checks(results))
-    results["wall_s"] = round(time.perf_counter() - start, 1)
-    results["finished"] = utc_now()
-    paths = write_outputs(results, out_dir, plot=options.plot, log=log)
-    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    close_run(results, start, lambda r: write_outputs(r, out_dir, plot=options.plot, log=log), log)
     return results
 
 

@@ -88,7 +88,7 @@ import torch
 from ...errors import RunError
 from .. import measure, script
 from ..measure import error_text, free, gib, peak_gib, peak_reset, sync, timed
-from ..results import environment, fmt, utc_now
+from ..results import close_run, environment, fmt
 from .model import LAYERS, build_model, llada_config, parameter_count, schedule_counts, sparse_config
 from .options import MODES, NO_CUDA_MESSAGE, TIMING_DEFINITION, DLMOptions, add_arguments, options_from_args
 from .report import context_label, density_label, failed_rows, finish, median, output_stem, row_note, write_outputs
@@ -456,10 +456,7 @@ def run_benchmark(
     gc.collect()
     free(device)
     finish(results)
-    results["wall_s"] = round(time.perf_counter() - started, 1)
-    results["finished"] = utc_now()
-    paths = write_outputs(results, out_dir)
-    log("dlm: wrote " + ", ".join(str(p) for p in paths.values()))
+    close_run(results, started, lambda r: write_outputs(r, out_dir), log, prefix="dlm: ")
     return results
 
 

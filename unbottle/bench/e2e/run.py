@@ -52,7 +52,7 @@ import torch
 from ...errors import RunError
 from .. import measure, script
 from ..measure import error_text, free, peak_gib, peak_reset, timed
-from ..results import environment, fmt, utc_now
+from ..results import close_run, environment, fmt
 from .models import (
     FLUX_DEV_SCHEDULER,
     FLUX_DEV_TRANSFORMER,
@@ -368,10 +368,7 @@ def run_benchmark(
     write_outputs(results, out_dir)
     builder = pipelines if pipelines is not None else (lambda model: build_pipeline(model, device))
     run_cases(cases, options, device, builder, results, on_update=lambda r: write_outputs(r, out_dir), log=log)
-    results["wall_s"] = round(time.perf_counter() - start, 1)
-    results["finished"] = utc_now()
-    paths = write_outputs(results, out_dir)
-    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    close_run(results, start, lambda r: write_outputs(r, out_dir), log)
     return results
 
 

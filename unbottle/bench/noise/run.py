@@ -53,7 +53,7 @@ import torch
 from ...errors import RunError
 from .. import measure, script
 from ..measure import error_text, free, gib, peak_reset, timed
-from ..results import environment, fmt, utc_now
+from ..results import close_run, environment, fmt
 from .models import Models, build_pipeline, build_rewards, parameter_count
 from .options import (
     NO_CUDA_MESSAGE,
@@ -269,10 +269,7 @@ def run_benchmark(
     del pipe, rewards
     gc.collect()
     free(device)
-    results["wall_s"] = round(time.perf_counter() - start, 1)
-    results["finished"] = utc_now()
-    paths = write_outputs(results, out_dir)
-    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    close_run(results, start, lambda r: write_outputs(r, out_dir), log)
     return results
 
 
