@@ -86,6 +86,11 @@ SUPPORTED = {
     "sparse": {
         "Flux": (), "SD3": (), "PixArt": (), "CogVideoX": (), "Wan": (), "HunyuanVideo": (), "LTX-Video": (),
         "StableDiffusion": (), "SDXL": (),
+        "Wan-VACE": (), "SkyReels-V2": (), "ChronoEdit": (), "Wan-Animate": (), "ConsisID": (),
+        "HunyuanVideo-1.5": (), "HunyuanImage": (), "LTX-2": (), "Kandinsky5": (), "LongCat-Image": (),
+        "QwenImage": (), "Flux2": (), "Chroma": (), "AuraFlow": (), "CogView4": (), "Lumina2": (), "ZImage": (),
+        "HiDreamImage": (), "CogView3Plus": (), "Bria": (), "DiT": (), "OvisImage": (),
+        "Allegro": (), "Latte": (), "EasyAnimate": (), "Cosmos": (),
     },
     "bottleneck": {
         "Flux": ("FluxPipeline",), "SD3": ("StableDiffusion3Pipeline",), "Wan": ("WanPipeline",),

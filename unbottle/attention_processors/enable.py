@@ -31,6 +31,24 @@ def language_model_of(pipe_or_model: object) -> torch.nn.Module | None:
     return None
 
 
+def attention_processors(model: torch.nn.Module) -> dict[str, object]:
+    """`model.attn_processors`, also for a denoiser without diffusers' AttentionMixin (Lumina2, HiDream, ...)."""
+    if hasattr(model, "attn_processors"):
+        return model.attn_processors
+    return {f"{name}.processor": module.get_processor() for name, module in model.named_modules()
+            if hasattr(module, "get_processor")}  # fmt: skip
+
+
+def set_attention_processors(model: torch.nn.Module, processors: dict[str, object]) -> None:
+    """`model.set_attn_processor(processors)`, also for a denoiser without diffusers' AttentionMixin."""
+    if hasattr(model, "set_attn_processor"):
+        model.set_attn_processor(processors)
+        return
+    for name, module in model.named_modules():
+        if hasattr(module, "set_processor") and f"{name}.processor" in processors:
+            module.set_processor(processors[f"{name}.processor"])
+
+
 def denoiser_of(pipe_or_model: object) -> tuple[torch.nn.Module, object | None]:
     """(denoiser, pipeline or None) from a diffusers pipeline or its transformer/unet."""
     if isinstance(pipe_or_model, torch.nn.Module):
@@ -63,7 +81,7 @@ def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig
     model, pipe = denoiser_of(pipe_or_model)
     family = family_for_model(model, "sparse")
     if getattr(model, HANDLE_ATTR, None) is not None or any(
-        isinstance(p, SparseAttnProcessor) for p in model.attn_processors.values()
+        isinstance(p, SparseAttnProcessor) for p in attention_processors(model).values()
     ):
         raise RuntimeError(
             f"sparse attention is already enabled on this {type(model).__name__}; call "
@@ -73,7 +91,7 @@ def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig
     if not selected:
         raise ValueError(f"found no self-attention module in {type(model).__name__} to make sparse")
     require_supported_diffusers()  # before anything changes: the hooks below read diffusers internals
-    originals = dict(model.attn_processors)
+    originals = dict(attention_processors(model))
     store = PatternStore()
     processors = {}
     for key, processor in originals.items():
@@ -81,7 +99,7 @@ def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig
         processors[key] = (
             SparseAttnProcessor(config, processor, name=name, store=store) if name in selected else processor
         )
-    model.set_attn_processor(processors)
+    set_attention_processors(model, processors)
     attachment = attach(model, config, scheduler_steps(pipe) if pipe is not None else None)
     handle = SparseAttentionHandle(model, config, store, originals, family=family, layer_hooks=attachment.layer_hooks,
                                    clock=attachment.clock, undo=disable_sparse_attention)  # fmt: skip
@@ -101,14 +119,14 @@ def disable_sparse_attention(pipe_or_model: object) -> None:
         model, _ = denoiser_of(pipe_or_model)
     except ValueError:
         raise ValueError(f"{expected}, got {type(pipe_or_model).__name__}") from None
-    if not hasattr(model, "attn_processors"):
+    if not hasattr(model, "attn_processors") and not any(hasattr(m, "get_processor") for m in model.modules()):
         raise ValueError(f"{expected}; {type(model).__name__} has no attention processors")
     handle = getattr(model, HANDLE_ATTR, None)
     if handle is not None:
-        model.set_attn_processor(handle.originals)
+        set_attention_processors(model, handle.originals)
         delattr(model, HANDLE_ATTR)
     else:  # the drop-in form: put each module's stock processor back
-        current = model.attn_processors
+        current = attention_processors(model)
         if not any(isinstance(p, SparseAttnProcessor) for p in current.values()):
             return
         modules = dict(model.named_modules())
@@ -122,7 +140,7 @@ def disable_sparse_attention(pipe_or_model: object) -> None:
             restored[key] = processor
         if any(p is None for p in restored.values()):
             raise RuntimeError("cannot tell the stock processors of a drop-in SparseAttnProcessor that never ran")
-        model.set_attn_processor(restored)
+        set_attention_processors(model, restored)
         for processor in current.values():
             if isinstance(processor, SparseAttnProcessor):
                 processor.forget()

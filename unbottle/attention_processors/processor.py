@@ -10,6 +10,8 @@ code is copied. Calls that are not self-attention pass through untouched.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +112,48 @@ def stock_processor_for(attn: torch.nn.Module, encoder_hidden_states, image_rota
     return ap.AttnProcessor2_0()  # UNet SD/SDXL, PixArt (self and cross)
 
 
+@functools.cache
+def _takes_attention_mask(processor_type: type) -> bool:
+    """Whether a processor class's `__call__` has an `attention_mask` parameter or takes extra positionals."""
+    try:
+        parameters = inspect.signature(processor_type.__call__).parameters
+    except (TypeError, ValueError):
+        return True
+    return "attention_mask" in parameters or any(p.kind is p.VAR_POSITIONAL for p in parameters.values())
+
+
+@functools.cache
+def _parameters(processor_type: type) -> tuple[inspect.Parameter, ...]:
+    """The parameters of a processor class's `__call__` after `self` (empty when it has no signature)."""
+    try:
+        return tuple(inspect.signature(processor_type.__call__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return ()
+
+
+def _positional_names(processor_type: type) -> list[str]:
+    """The names of a processor's positional-or-keyword parameters (`attn`, `hidden_states`, ...)."""
+    return [p.name for p in _parameters(processor_type) if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def _showing_keywords_of(call, processor: object):
+    """`call` (a bound `SparseAttnProcessor.__call__`) with a signature that also names `processor`'s keywords:
+    diffusers' attention modules pass a processor only the keyword arguments its signature names."""
+    own = inspect.signature(call)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=None)
+             for p in _parameters(type(processor)) if p.kind in kinds and p.name not in own.parameters]  # fmt: skip
+    if not extra:
+        return call
+    *params, var_keyword = own.parameters.values()
+
+    def wrapper(*args, **kwargs):
+        return call(*args, **kwargs)
+
+    wrapper.__signature__ = own.replace(parameters=[*params, *extra, var_keyword])
+    return wrapper
+
+
 class SparseAttnProcessor:
     """Sparse self-attention processor (Re-ttention reshape, SparseD cached patterns) around a stock processor.
 
@@ -129,6 +173,8 @@ class SparseAttnProcessor:
         self._layers: dict[int, SparseLayer] = {}
         self._inner: dict[int, object] = {}
         self._attachment: Attachment | None | bool = None  # drop-in: None = not looked yet, False = no denoiser
+        if processor is not None:  # e.g. Qwen-Image's text mask, Z-Image's RoPE reach the stock processor
+            self.__call__ = _showing_keywords_of(self.__call__, processor)
 
     def stock_processor(self, attn: torch.nn.Module) -> object | None:
         """The processor this one wraps for `attn` (None for a drop-in that never ran on it)."""
@@ -178,6 +224,13 @@ class SparseAttnProcessor:
         named = {"image_rotary_emb": image_rotary_emb, "rotary_emb": rotary_emb, "temb": temb}
         kwargs.update({key: value for key, value in named.items() if value is not None})
         call_args = (attn, hidden_states, encoder_hidden_states, attention_mask, *args)
+        if attention_mask is None and not args and not _takes_attention_mask(type(inner)):
+            call_args = call_args[:3]  # no mask parameter (Kandinsky 5): its 4th positional is another input
+        if not args and any(name in kwargs for name in _positional_names(type(inner))[2:4]):
+            # the module named an input the processor takes 3rd or 4th (HiDream's image mask, Qwen-Image's text mask)
+            call_args = call_args[:2]
+            named = {"encoder_hidden_states": encoder_hidden_states, "attention_mask": attention_mask}
+            kwargs.update({key: value for key, value in named.items() if value is not None})
         if self.processor is None and self._attachment is None:
             self._drop_in_attach(attn)
         layer = None if getattr(attn, "is_cross_attention", False) else self._layer(attn)

@@ -42,6 +42,8 @@ class SelfAttention:
 
     modules: str  # regex over attention module names (as in `model.attn_processors`, without ".processor")
     layout: Callable[[torch.nn.Module, dict], TokenLayout]  # token layout of one forward, from its bound arguments
+    timestep_arg: str = "timestep"  # the forward argument carrying the timestep (the step clock reads it)
+    timestep_rising: bool = False  # that argument rises from 0 to 1 over denoising (1 − σ): the clock reads 1 − it
 
     def __post_init__(self) -> None:
         if not isinstance(self.modules, str) or not self.modules:
@@ -51,6 +53,12 @@ class SelfAttention:
         except re.error as e:
             raise ValueError(f"SelfAttention.modules {self.modules!r} is not a valid regex: {e}") from None
         _callable("SelfAttention", "layout", self.layout)
+        if not isinstance(self.timestep_arg, str) or not self.timestep_arg.isidentifier():
+            raise ValueError(
+                f"SelfAttention.timestep_arg must name a forward argument (e.g. 'timestep'), got {self.timestep_arg!r}"
+            )
+        if not isinstance(self.timestep_rising, bool):
+            raise ValueError(f"SelfAttention.timestep_rising must be True or False, got {self.timestep_rising!r}")
 
     def selects(self, name: str) -> bool:
         """Whether the attention module `name` is self-attention that sparse attention replaces."""
@@ -62,7 +70,10 @@ class SelfAttention:
             layout = self.layout(model, bound)
         except (KeyError, AttributeError, TypeError, ValueError, IndexError):
             layout = None  # an unusual call: patterns fall back to a 1-D sequence
-        return call_timestep(bound), layout
+        timestep = call_timestep(bound, self.timestep_arg)
+        if timestep is not None and self.timestep_rising:
+            timestep = 1.0 - timestep  # the clock expects a timestep that falls over denoising
+        return timestep, layout
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ def first_int(x: object) -> int:
     return int(x[0] if isinstance(x, (tuple, list)) else x)
 
 
-def call_timestep(bound: dict) -> float | None:
-    """The `timestep` argument of a denoiser forward as a float (its first element for a tensor), or None."""
-    t = bound.get("timestep")
+def call_timestep(bound: dict, name: str = "timestep") -> float | None:
+    """The timestep argument `name` of a denoiser forward as a float (its first element for a tensor), or None."""
+    t = bound.get(name)
     if t is None:
         return None
     return float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)

@@ -1,0 +1,20 @@
+"""Allegro (AllegroTransformer3DModel): video-only self-attention over the (F, H, W) patch grid; text is
+cross-attention."""
+
+from __future__ import annotations
+
+import torch
+
+from .family import Family, SelfAttention
+from .layout import TokenLayout, video_grid
+
+
+def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
+    return TokenLayout(video_grid(model, bound))
+
+
+ALLEGRO = Family(
+    "Allegro",
+    model_classes=("AllegroTransformer3DModel",),
+    attention=SelfAttention(r"^transformer_blocks\.\d+\.attn1$", _layout),
+)
