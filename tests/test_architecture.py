@@ -32,8 +32,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "unbottle"
 # layer → module prefixes (the longest matching prefix decides)
 LAYERS: dict[str, tuple[str, ...]] = {
     "entry": ("unbottle.cli", "unbottle.bench", "unbottle.__main__"),
-    "features": ("unbottle.attention_processors", "unbottle.pipelines", "unbottle.guidance", "unbottle.rewards",
-                 "unbottle.batch", "unbottle.defaults"),  # fmt: skip
+    "features": (
+        "unbottle.attention_processors",
+        "unbottle.pipelines",
+        "unbottle.guidance",
+        "unbottle.rewards",
+        "unbottle.batch",
+        "unbottle.defaults",
+    ),
     "shapes": ("unbottle.shapes",),
     "testing": ("unbottle.testing",),
     "families": ("unbottle.families",),

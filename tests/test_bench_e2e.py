@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from unbottle.bench import e2e
+from unbottle.bench.e2e import models as e2e_models
 from unbottle.cli import main
 from unbottle.testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+from unbottle.testing.qwen_image import tiny_qwen_image_pipeline
+from unbottle.testing.wan22 import tiny_wan22_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,6 +212,50 @@ def test_dry_run_on_the_tiny_pipelines_fills_every_row(tmp_path):
         assert not any("Sparse" in type(p).__name__ for p in pipe.transformer.attn_processors.values())
     data = json.loads((tmp_path / f"{e2e.output_stem(results)}.json").read_text())
     assert len(data["rows"]) == 7 and data["wall_s"] is not None
+
+
+def test_wan22_a14b_and_qwen_image_have_the_published_size():
+    from diffusers import QwenImageTransformer2DModel, WanTransformer3DModel
+
+    with torch.device("meta"):
+        wan = WanTransformer3DModel(**e2e_models.WAN22_A14B_TRANSFORMER)
+        qwen = QwenImageTransformer2DModel(**e2e_models.QWEN_IMAGE_TRANSFORMER)
+    n_wan, n_qwen = (sum(p.numel() for p in m.parameters()) for m in (wan, qwen))
+    assert abs(n_wan - 14.29e9) / 14.29e9 < 0.01  # "A14B": each expert of the diffusers checkpoint, 14.29B
+    assert len(wan.blocks) == 40 and wan.config.num_attention_heads * wan.config.attention_head_dim == 5120
+    assert abs(n_qwen - 20.43e9) / 20.43e9 < 0.01  # "20B"; the checkpoint holds 20.43B
+    assert len(qwen.transformer_blocks) == 60 and qwen.inner_dim == 3072
+
+
+def test_dry_run_of_the_two_expert_and_qwen_image_cases(tmp_path):
+    pipes = {"wan22": tiny_wan22_pipeline(), "qwen-image": tiny_qwen_image_pipeline()}
+    sparse = {"density": 0.3, "block_size": 8, "full_steps": 1}
+    cases = [
+        dataclasses.replace(e2e.CASES["wan22"], height=64, width=64, frames=5, steps=20, repeats=1, text_tokens=16,
+                            sparse=sparse),
+        dataclasses.replace(e2e.CASES["qwen-image"], height=64, width=64, steps=25, repeats=1, text_tokens=16,
+                            sparse=sparse),
+    ]  # fmt: skip
+    results = e2e.run_benchmark(e2e.E2EOptions(), tmp_path, "dry run", device="cpu", pipelines=pipes, cases=cases,
+                                log=lambda message: None)  # fmt: skip
+    rows = {(r["case"], r["variant"]): r for r in results["rows"]}
+    assert all(r["error"] is None for r in rows.values()), results["rows"]
+    # wan22-3x's (5, 20, 8) against 50 stock steps, run at 20: × 0.4; CFG: two passes a step, counted on both experts
+    assert rows[("wan22", "wan22-3x")]["steps"] == [2, 8, 3]
+    assert rows[("wan22", "stock")]["transformer_calls"] == 40 == rows[("wan22", "stock+sparse")]["transformer_calls"]
+    assert rows[("wan22", "wan22-3x+sparse")]["transformer_calls"] == 2 * (2 + 8 + 3)
+    assert rows[("wan22", "stock+sparse")]["patterns_computed_timed"] == 0  # both experts' patterns from the warm-up
+    # qwenimage-2x's (6, 20, 8) × 25/50; true CFG (a negative prompt's embeddings): two passes a step
+    assert rows[("qwen-image", "qwenimage-2x")]["steps"] == [3, 10, 4]
+    assert rows[("qwen-image", "stock")]["transformer_calls"] == 50
+    # (tokens, channels) per call: the tiny VAE is ×4 with 4 channels, 2×2-packed: 64 px → 8² tokens, 32 px → 4²
+    sizes = rows[("qwen-image", "qwenimage-2x")]["per_size"]
+    assert {k: v["calls"] for k, v in sizes.items()} == {"64x16": 2 * (3 + 4), "16x16": 2 * 10}
+    assert results["decode"]["qwen-image"]["decode_s"] > 0 and results["decode"]["wan22"]["decode_s"] > 0
+    for pipe in pipes.values():
+        for name in ("transformer", "transformer_2"):
+            model = getattr(pipe, name, None)
+            assert model is None or not any("Sparse" in type(p).__name__ for p in model.attn_processors.values())
 
 
 def test_dry_run_of_the_sd3_case(tmp_path):

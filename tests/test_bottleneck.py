@@ -24,6 +24,9 @@ from unbottle.testing import (
     tiny_sd3_pipeline,
     tiny_wan_pipeline,
 )
+from unbottle.testing.flux2 import tiny_flux2_pipeline
+from unbottle.testing.hunyuan_video15 import tiny_hunyuan_video15_pipeline
+from unbottle.testing.qwen_image import tiny_qwen_image_pipeline
 
 Stage = unbottle.Stage
 PROMPT = "a red circle left of a blue square"
@@ -31,6 +34,9 @@ FIXTURES = {
     "flux": tiny_flux_pipeline, "sd3": tiny_sd3_pipeline, "wan": tiny_wan_pipeline,
     "hunyuan_video": tiny_hunyuan_video_pipeline, "ltx": tiny_ltx_pipeline,
 }  # fmt: skip
+# the other families of the presets (their pipelines' own tests: tests/test_pipeline_*.py)
+PRESET_FIXTURES = {"qwen_image": tiny_qwen_image_pipeline, "flux2": tiny_flux2_pipeline,
+                   "hunyuan_video15": tiny_hunyuan_video15_pipeline}  # fmt: skip
 # sizes at which every family's half-size stage still has several tokens (Wan, HunyuanVideo: 16 px grid; LTX: 32 px)
 CALL = {
     "flux": dict(height=32, width=32, max_sequence_length=16),
@@ -50,7 +56,7 @@ _BUILT = {}
 def pipes():
     def get(name):
         if name not in _BUILT:
-            _BUILT[name] = FIXTURES[name]()
+            _BUILT[name] = {**FIXTURES, **PRESET_FIXTURES}[name]()
         return _BUILT[name]
 
     yield get
@@ -315,7 +321,8 @@ def test_paper_presets_are_the_paper_tables():
     assert {"flux-2x", "flux-3x", "hunyuanvideo-2.5x", "wan-2x", "wan-3x", "sd3-2x"} <= set(PRESETS)
 
 
-FAMILY_FIXTURE = {"Flux": "flux", "SD3": "sd3", "Wan": "wan", "HunyuanVideo": "hunyuan_video"}
+FAMILY_FIXTURE = {"Flux": "flux", "SD3": "sd3", "Wan": "wan", "HunyuanVideo": "hunyuan_video",
+                  "QwenImage": "qwen_image", "Flux2": "flux2", "HunyuanVideo-1.5": "hunyuan_video15"}  # fmt: skip
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -327,7 +334,8 @@ def test_presets_build_and_plan(preset, pipes):
         sampler = unbottle.BottleneckSampler.from_preset(pipe, preset)
     assert sampler.stages == tuple(Stage(*row) for row in rows)
     assert sampler.stages[0].strength == 1.0 and sampler.stages[-1].scale == 1.0
-    size = {"Flux": 1024, "SD3": 1024, "Wan": 480, "HunyuanVideo": 720}[family]
+    size = {"Flux": 1024, "SD3": 1024, "Wan": 480, "HunyuanVideo": 720, "QwenImage": 1328, "Flux2": 1024,
+            "HunyuanVideo-1.5": 720}[family]  # fmt: skip
     assert len(sampler.plan(size, size, 9)) == len(rows)
 
 

@@ -95,11 +95,16 @@ SUPPORTED = {
     "bottleneck": {
         "Flux": ("FluxPipeline",), "SD3": ("StableDiffusion3Pipeline",), "Wan": ("WanPipeline",),
         "HunyuanVideo": ("HunyuanVideoPipeline",), "LTX-Video": ("LTXPipeline",),
+        "Wan-I2V": ("WanImageToVideoPipeline",), "HunyuanVideo-1.5": ("HunyuanVideo15Pipeline",),
+        "QwenImage": ("QwenImagePipeline",), "Flux2": ("Flux2Pipeline", "Flux2KleinPipeline"),
     },
     "noise": {
         "StableDiffusion": ("StableDiffusionPipeline",), "SDXL": ("StableDiffusionXLPipeline",),
         "PixArt": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"), "SD3": ("StableDiffusion3Pipeline",),
         "Flux": ("FluxPipeline",), "Wan": ("WanPipeline",),
+        "Wan-I2V": ("WanImageToVideoPipeline",), "HunyuanVideo-1.5": ("HunyuanVideo15Pipeline",),
+        "QwenImage": ("QwenImagePipeline",), "Flux2": ("Flux2Pipeline", "Flux2KleinPipeline"),
+        "LTX-2": ("LTX2Pipeline",),
     },
     "guidance": {
         "StableDiffusion": ("StableDiffusionPipeline",), "SDXL": ("StableDiffusionXLPipeline",),
@@ -157,7 +162,9 @@ def test_unsupported_pipeline_lists_only_the_families_of_that_feature():
     assert "does not support PixArtSigmaPipeline" in message and HOW in message
     listed = message.split("supported pipelines: ")[1].split(";")[0]
     assert listed == ("Flux (FluxPipeline), SD3 (StableDiffusion3Pipeline), Wan (WanPipeline), "
-                      "HunyuanVideo (HunyuanVideoPipeline), LTX-Video (LTXPipeline)")  # fmt: skip
+                      "HunyuanVideo (HunyuanVideoPipeline), LTX-Video (LTXPipeline), "
+                      "Wan-I2V (WanImageToVideoPipeline), HunyuanVideo-1.5 (HunyuanVideo15Pipeline), "
+                      "QwenImage (QwenImagePipeline), Flux2 (Flux2Pipeline/Flux2KleinPipeline)")  # fmt: skip
 
 
 def test_lookup_for_any_feature():
@@ -231,9 +238,10 @@ def test_every_feature_sees_a_registered_family():
     mine = Family("Mine", ("MyModel",), ("MyPipeline",), latents=WAN.latents, prompt=WAN.prompt, flow_matching=True)
     unbottle.register_family(mine)
     assert family_for_pipeline(bare(type("MyPipeline", (), {})), "bottleneck") is mine
-    with pytest.raises(UnsupportedModelError, match=r"LTX-Video \(LTXPipeline\), Mine \(MyPipeline\); to add"):
+    flux2 = r"Flux2 \(Flux2Pipeline/Flux2KleinPipeline\)"
+    with pytest.raises(UnsupportedModelError, match=rf"{flux2}, Mine \(MyPipeline\); to add"):
         unbottle.BottleneckSampler(bare(diffusers.PixArtSigmaPipeline), [unbottle.Stage(1.0, 2)])
-    with pytest.raises(UnsupportedModelError, match=r"SDXL \(\w+\), Mine \(MyPipeline\)\. iterations=0"):
+    with pytest.raises(UnsupportedModelError, match=rf"{flux2}, Mine \(MyPipeline\)\. iterations=0"):
         unbottle.NoiseSearch(bare(diffusers.CogVideoXPipeline), {"a": (torch.nn.Identity(), 1.0)}, iterations=1)
 
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import diffusers
 import pytest
 import torch
+from family_checks import (
+    Tiny,
+    check_density_one_is_stock,
+    check_every_block_kept_is_stock,
+    check_low_density_changes_the_output,
+    check_the_layout_explains_every_call,
+)
 
 import unbottle
-from unbottle.attention_processors import processor as processor_module
-from unbottle.attention_processors.enable import attention_processors
-from unbottle.families import family_for_model, family_named
+from unbottle.families import family_named
 from unbottle.families.layout import TokenLayout
 
 B, L = 1, 8  # batch, text tokens
@@ -154,16 +159,16 @@ MODELS = {
     "QwenImage": qwen_image, "Flux2": flux2, "Chroma": chroma, "AuraFlow": auraflow, "CogView4": cogview4,
     "Lumina2": lumina2, "ZImage": z_image, "HiDreamImage": hidream, "CogView3Plus": cogview3_plus, "Bria": bria,
 }  # fmt: skip
-_BUILT: dict[str, tuple] = {}
+_BUILT: dict[str, Tiny] = {}
 
 
-def build(name: str) -> tuple[torch.nn.Module, dict, tuple, torch.Tensor]:
-    """(model, inputs, expected joint layout, stock output) of a tiny seeded fp32 model, built once per session."""
+def build(name: str) -> Tiny:
+    """A tiny seeded fp32 model of the family `name`, its inputs, stock output and joint layout, built once."""
     if name not in _BUILT:
         torch.manual_seed(0)
         model, inputs, expected = MODELS[name]()
         model = model.eval().float()
-        _BUILT[name] = (model, inputs, expected, run(model, inputs))
+        _BUILT[name] = Tiny(model, inputs, run(model, inputs), name, None, expected)
     return _BUILT[name]
 
 
@@ -179,74 +184,22 @@ def sparse(density: float, **kw) -> unbottle.SparseAttentionConfig:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_density_one_is_stock_and_disable_restores_the_processors(name):
-    model, inputs, _, stock = build(name)
-    assert family_for_model(model, "sparse").name == name
-    before = dict(attention_processors(model))
-    handle = unbottle.enable_sparse_attention(model, sparse(1.0))
-    try:
-        wrapped = [k for k, p in attention_processors(model).items() if isinstance(p, unbottle.SparseAttnProcessor)]
-        assert len(wrapped) >= 2
-        out = run(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert handle.pattern_computations == {}  # density 1.0: the stock SDPA, no pattern
-    assert (out - stock).abs().max().item() <= 1e-5
-    after = attention_processors(model)
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    check_density_one_is_stock(build(name), run, sparse(1.0))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_block_kept_runs_the_sparse_path_and_matches_stock(name):
-    model, inputs, _, stock = build(name)
-    names = [key.removesuffix(".processor") for key in attention_processors(model)]
-    handle = unbottle.enable_sparse_attention(model, sparse(0.9999))
-    try:
-        out = run(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    selected = {name for name in names if handle.family.attention.selects(name)}
-    assert len(selected) >= 2 and handle.pattern_computations == dict.fromkeys(selected, 1)  # one pattern per layer
-    assert (out - stock).abs().max().item() <= 1e-5
+    check_every_block_kept_is_stock(build(name), run, sparse(0.9999))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_low_density_changes_the_output(name):
-    model, inputs, _, stock = build(name)
-    unbottle.enable_sparse_attention(model, sparse(0.3))
-    try:
-        out = run(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert torch.isfinite(out).all()
-    assert (out - stock).abs().max().item() > 1e-5
+    check_low_density_changes_the_output(build(name), run, sparse(0.3))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_the_layout_explains_every_sparse_call(name, monkeypatch):
-    model, inputs, (grid, text_len, text_first), _ = build(name)
-    seen: list[tuple[str, int, TokenLayout | None]] = []
-    attend = processor_module.SparseLayer.attend
-
-    def spy(self, q, k, v, attn_mask=None, scale=None):
-        info = processor_module.CURRENT_FORWARD.get()
-        seen.append((self.name, q.shape[2], info.layout if info is not None else None))
-        return attend(self, q, k, v, attn_mask=attn_mask, scale=scale)
-
-    monkeypatch.setattr(processor_module.SparseLayer, "attend", spy)
-    unbottle.enable_sparse_attention(model, sparse(0.5))
-    try:
-        run(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    selected = {name for name in (key.removesuffix(".processor") for key in attention_processors(model))
-                if family_for_model(model, "sparse").attention.selects(name)}  # fmt: skip
-    assert {layer for layer, _, _ in seen} == selected and len(selected) >= 2  # every sparse layer was explained
-    cells = grid[0] * grid[1] * grid[2]
-    for layer, n, layout in seen:
-        assert layout == TokenLayout(grid, text_len, text_first), layer
-        assert layout.resolve(n) in ((grid, text_len, text_first), (grid, 0, True)), (layer, n)
-        assert n in (cells + text_len, cells), (layer, n)
-    assert any(n == cells + text_len for _, n, _ in seen)  # at least one joint call
+    check_the_layout_explains_every_call(build(name), run, sparse(0.5), monkeypatch, image_only_calls=True)
 
 
 def test_layouts_a_grid_cannot_explain_fall_back_to_one_dimension():

@@ -13,9 +13,15 @@ from types import SimpleNamespace
 import diffusers
 import pytest
 import torch
+from family_checks import (
+    Tiny,
+    check_density_one_is_stock,
+    check_every_block_kept_is_stock,
+    check_low_density_changes_the_output,
+    check_the_layout_explains_every_call,
+)
 
 import unbottle
-from unbottle.attention_processors import processor as processor_module
 from unbottle.families import TokenLayout, family_for_model
 
 B = 1
@@ -121,19 +127,18 @@ CASES = {
     "Kandinsky5Transformer3DModel": ("Kandinsky5", kandinsky5),
     "LongCatImageTransformer2DModel": ("LongCat-Image", longcat_image),
 }
-_BUILT: dict[str, tuple] = {}
+_BUILT: dict[str, Tiny] = {}
 
 
-def build(name: str) -> tuple[torch.nn.Module, dict, set, tuple, torch.Tensor]:
-    """(model, inputs, sparse module names, expected (grid, text_len, text_first), stock output), built once."""
+def build(name: str) -> Tiny:
+    """The tiny seeded fp32 model of class `name`, its inputs, stock output, sparse modules and layout, built once."""
     if name not in _BUILT:
         torch.manual_seed(0)
         model, inputs, modules, expected = CASES[name][1]()
         model = model.eval().float()
-        _BUILT[name] = (model, inputs, modules, expected, run(model, inputs))
-    model, inputs, modules, expected, stock = _BUILT[name]
-    assert type(model).__name__ == name
-    return model, inputs, modules, expected, stock
+        _BUILT[name] = Tiny(model, inputs, run(model, inputs), CASES[name][0], frozenset(modules), expected)
+    assert type(_BUILT[name].model).__name__ == name
+    return _BUILT[name]
 
 
 def run(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
@@ -150,70 +155,22 @@ def config(density: float) -> unbottle.SparseAttentionConfig:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_density_one_is_stock_and_disable_restores_the_processors(name):
-    model, inputs, modules, _, stock = build(name)
-    assert family_for_model(model, "sparse").name == CASES[name][0]
-    before = dict(model.attn_processors)
-    handle = unbottle.enable_sparse_attention(model, config(1.0))
-    try:
-        wrapped = {k.removesuffix(".processor") for k, p in model.attn_processors.items()
-                   if isinstance(p, unbottle.SparseAttnProcessor)}  # fmt: skip
-        assert wrapped == modules == set(handle.layer_hooks)
-        out = run(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert float((out - stock).abs().max()) <= 1e-5
-    after = model.attn_processors
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    check_density_one_is_stock(build(name), run, config(1.0))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_block_kept_runs_the_sparse_path_and_matches_stock(name):
-    model, inputs, modules, _, stock = build(name)
-    handle = unbottle.enable_sparse_attention(model, config(0.9999))
-    try:
-        out = run(model, inputs)
-        computed = handle.pattern_computations
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert set(computed) == modules and all(n >= 1 for n in computed.values())
-    assert float((out - stock).abs().max()) <= 1e-5
+    check_every_block_kept_is_stock(build(name), run, config(0.9999))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_low_density_changes_the_output(name):
-    model, inputs, _, _, stock = build(name)
-    unbottle.enable_sparse_attention(model, config(0.3))
-    try:
-        out = run(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert torch.isfinite(out).all()
-    assert float((out - stock).abs().max()) > 1e-5
-    assert torch.equal(run(model, inputs), stock)  # disabled: stock again
+    check_low_density_changes_the_output(build(name), run, config(0.3))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_layout_explains_every_sparse_call(name, monkeypatch):
-    model, inputs, modules, (grid, text_len, text_first), _ = build(name)
-    seen = []
-    attend = processor_module.SparseLayer.attend
-
-    def spy(self, q, k, v, attn_mask=None, scale=None):
-        info = processor_module.CURRENT_FORWARD.get()
-        seen.append((self.name, q.shape[2], info.layout if info is not None else None))
-        return attend(self, q, k, v, attn_mask=attn_mask, scale=scale)
-
-    monkeypatch.setattr(processor_module.SparseLayer, "attend", spy)
-    unbottle.enable_sparse_attention(model, config(0.5))
-    try:
-        run(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert {layer for layer, _, _ in seen} == modules
-    for _, n, layout in seen:
-        assert layout is not None and layout.grid == grid
-        assert n == grid[0] * grid[1] * grid[2] + text_len  # every call is the whole joint sequence
-        assert layout.resolve(n) == (grid, text_len, text_first if text_len else True)
+    check_the_layout_explains_every_call(build(name), run, config(0.5), monkeypatch)
 
 
 def test_layouts_of_other_calls():
@@ -221,9 +178,9 @@ def test_layouts_of_other_calls():
     layout = {name: family_for_model(build(name)[0], "sparse").attention.layout for name in CASES}
     text = torch.zeros(B, 6, 16)
     video = SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2)), context_embedder_2=None)
-    got = layout["HunyuanImageTransformer2DModel"](video, {"hidden_states": torch.zeros(B, 4, 3, 8, 6),
-                                                            "encoder_hidden_states": text,
-                                                            "encoder_hidden_states_2": torch.zeros(B, 4, 8)})
+    bound = {"hidden_states": torch.zeros(B, 4, 3, 8, 6), "encoder_hidden_states": text,
+             "encoder_hidden_states_2": torch.zeros(B, 4, 8)}  # fmt: skip
+    got = layout["HunyuanImageTransformer2DModel"](video, bound)
     assert got == TokenLayout((3, 4, 3), 6, text_first=False)  # no ByT5 projection: its tokens never join
 
     model, inputs, *_ = build("LTX2VideoTransformer3DModel")

@@ -6,10 +6,15 @@ import diffusers
 import pytest
 import torch
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from family_checks import (
+    Tiny,
+    check_density_one_is_stock,
+    check_every_block_kept_is_stock,
+    check_low_density_changes_the_output,
+    check_the_layout_explains_every_call,
+)
 
 import unbottle
-from unbottle.attention_processors import processor
-from unbottle.attention_processors.state import CURRENT_FORWARD
 from unbottle.families import family_for_model
 
 BLOCK = 8
@@ -94,56 +99,33 @@ def consisid():
 # name → (builder, family, sparse modules, resolved layout of every self-attention call: (grid, text_len, text_first))
 CASES = {
     "wan_vace": (wan_vace, "Wan-VACE", ("blocks.0.attn1", "blocks.1.attn1", "vace_blocks.0.attn1",
-                                        "vace_blocks.1.attn1"), ((2, 4, 4), 0, True)),  # fmt: skip
+                                        "vace_blocks.1.attn1"), ((2, 4, 4), 0, True)),
     "skyreels_v2": (skyreels_v2, "SkyReels-V2", ("blocks.0.attn1", "blocks.1.attn1"), ((2, 4, 4), 0, True)),
     "skyreels_v2_causal": (skyreels_v2_causal, "SkyReels-V2", ("blocks.0.attn1", "blocks.1.attn1"),
-                           ((4, 4, 4), 0, True)),  # fmt: skip
+                           ((4, 4, 4), 0, True)),
     "chronoedit": (chronoedit, "ChronoEdit", ("blocks.0.attn1", "blocks.1.attn1"), ((2, 4, 4), 0, True)),
     "wan_animate": (wan_animate, "Wan-Animate", ("blocks.0.attn1", "blocks.1.attn1"), ((3, 4, 4), 0, True)),
     "consisid": (consisid, "ConsisID", ("transformer_blocks.0.attn1", "transformer_blocks.1.attn1"),
-                 ((2, 4, 4), 6, True)),  # fmt: skip
-}
+                 ((2, 4, 4), 6, True)),
+}  # fmt: skip
 NAMES = sorted(CASES)
 MASKED = {"skyreels_v2_causal"}  # its self-attention calls carry a mask
-_BUILT = {}
+_BUILT: dict[str, Tiny] = {}
 
 
-def built(name):
-    """(model, inputs, stock output) of a case, built once: eval mode, fp32, stock processors."""
+def build(name: str) -> Tiny:
+    """A case's model (eval mode, fp32, stock processors), inputs, stock output, family, sparse modules and layout."""
     if name not in _BUILT:
-        model, inputs = CASES[name][0]()
+        builder, family, modules, layout = CASES[name]
+        model, inputs = builder()
         model = model.eval().float()
-        _BUILT[name] = model, inputs, forward(model, inputs)
+        _BUILT[name] = Tiny(model, inputs, forward(model, inputs), family, frozenset(modules), layout)
     return _BUILT[name]
 
 
 def forward(model, inputs):
     with torch.no_grad():
         return model(**inputs, return_dict=False)[0]
-
-
-def max_diff(a, b):
-    return float((a.double() - b.double()).abs().max())
-
-
-def sparse_output(model, inputs, config, monkeypatch=None):
-    """The output with sparse attention under `config`, its handle, and (layer, n, layout, masked) of every call."""
-    seen = []
-    if monkeypatch is not None:
-        attend = processor.SparseLayer.attend
-
-        def recording(self, q, k, v, attn_mask=None, scale=None):
-            info = CURRENT_FORWARD.get()
-            seen.append((self.name, q.shape[2], info.layout if info is not None else None, attn_mask is not None))
-            return attend(self, q, k, v, attn_mask=attn_mask, scale=scale)
-
-        monkeypatch.setattr(processor.SparseLayer, "attend", recording)
-    handle = unbottle.enable_sparse_attention(model, config)
-    try:
-        out = forward(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    return out, handle, seen
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,7 +136,7 @@ def _release():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_family_lookup_and_its_sparse_modules(name):
-    model, _, _ = built(name)
+    model = build(name).model
     family = family_for_model(model, "sparse")
     assert family.name == CASES[name][1]
     selected = {n for n, m in model.named_modules() if hasattr(m, "processor") and family.attention.selects(n)
@@ -164,46 +146,19 @@ def test_family_lookup_and_its_sparse_modules(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_density_one_matches_stock_and_disable_restores_the_processors(name):
-    model, inputs, stock = built(name)
-    originals = dict(model.attn_processors)
-    handle = unbottle.enable_sparse_attention(model, DENSE)
-    try:
-        wrapped = {k for k, p in model.attn_processors.items() if isinstance(p, unbottle.SparseAttnProcessor)}
-        assert wrapped == {f"{n}.processor" for n in CASES[name][2]}
-        out = forward(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert handle.layer_hooks.keys() == set(CASES[name][2])
-    assert out.shape == stock.shape and max_diff(out, stock) <= 1e-5
-    assert model.attn_processors.keys() == originals.keys()
-    assert all(model.attn_processors[key] is proc for key, proc in originals.items())
-    assert torch.equal(forward(model, inputs), stock)
+    check_density_one_is_stock(build(name), forward, DENSE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_keeping_every_block_runs_the_sparse_path_and_matches_stock(name):
-    model, inputs, stock = built(name)
-    out, handle, _ = sparse_output(model, inputs, EVERY_BLOCK)
-    assert handle.pattern_computations == dict.fromkeys(CASES[name][2], 1)
-    assert max_diff(out, stock) <= 1e-5
+    check_every_block_kept_is_stock(build(name), forward, EVERY_BLOCK)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_low_density_changes_the_output(name):
-    model, inputs, stock = built(name)
-    out, handle, _ = sparse_output(model, inputs, SPARSE)
-    assert handle.pattern_computations == dict.fromkeys(CASES[name][2], 1)
-    assert torch.isfinite(out).all() and max_diff(out, stock) > 1e-5
+    check_low_density_changes_the_output(build(name), forward, SPARSE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_layout_explains_every_sparse_call(name, monkeypatch):
-    model, inputs, _ = built(name)
-    grid, text_len, text_first = CASES[name][3]
-    _, _, seen = sparse_output(model, inputs, EVERY_BLOCK, monkeypatch)
-    assert sorted(layer for layer, *_ in seen) == sorted(CASES[name][2])  # each sparse module caught once
-    n = grid[0] * grid[1] * grid[2] + text_len
-    for layer, tokens, layout, masked in seen:
-        assert tokens == n and layout is not None, (layer, tokens, layout)
-        assert masked == (name in MASKED), layer
-        assert layout.resolve(tokens) == (grid, text_len, text_first), (layer, layout)
+    check_the_layout_explains_every_call(build(name), forward, EVERY_BLOCK, monkeypatch, masked=name in MASKED)

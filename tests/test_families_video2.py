@@ -7,11 +7,15 @@ import diffusers
 import pytest
 import torch
 from diffusers.models.embeddings import get_3d_rotary_pos_embed_allegro
+from family_checks import (
+    Tiny,
+    check_density_one_is_stock,
+    check_every_block_kept_is_stock,
+    check_low_density_changes_the_output,
+    check_the_layout_explains_every_call,
+)
 
 import unbottle
-from unbottle.attention_processors import processor
-from unbottle.attention_processors.enable import attention_processors
-from unbottle.attention_processors.state import CURRENT_FORWARD
 from unbottle.families import family_for_model
 
 BLOCK = 8
@@ -63,7 +67,8 @@ def easyanimate():
     )  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     inputs = {"hidden_states": randn(gen, 1, 4, 2, 8, 8), "timestep": torch.tensor([500]),
-              "encoder_hidden_states": randn(gen, 1, 4, 16), "encoder_hidden_states_t5": randn(gen, 1, 3, 16)}
+              "encoder_hidden_states": randn(gen, 1, 4, 16),
+              "encoder_hidden_states_t5": randn(gen, 1, 3, 16)}  # fmt: skip
     return model, inputs
 
 
@@ -76,7 +81,7 @@ def cosmos():
     )  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     inputs = {"hidden_states": randn(gen, 1, 4, 2, 8, 8), "timestep": torch.tensor([500]),
-              "encoder_hidden_states": randn(gen, 1, 6, 16), "padding_mask": torch.zeros(1, 1, 8, 8)}
+              "encoder_hidden_states": randn(gen, 1, 6, 16), "padding_mask": torch.zeros(1, 1, 8, 8)}  # fmt: skip
     return model, inputs
 
 
@@ -89,45 +94,22 @@ CASES = {
     "cosmos": (cosmos, "Cosmos", BLOCKS, ((2, 4, 4), 0, True)),
 }
 NAMES = sorted(CASES)
-_BUILT = {}
+_BUILT: dict[str, Tiny] = {}
 
 
-def built(name):
-    """(model, inputs, stock output) of a case, built once: eval mode, fp32, stock processors."""
+def build(name: str) -> Tiny:
+    """A case's model (eval mode, fp32, stock processors), inputs, stock output, family, sparse modules and layout."""
     if name not in _BUILT:
-        model, inputs = CASES[name][0]()
+        builder, family, modules, layout = CASES[name]
+        model, inputs = builder()
         model = model.eval().float()
-        _BUILT[name] = model, inputs, forward(model, inputs)
+        _BUILT[name] = Tiny(model, inputs, forward(model, inputs), family, frozenset(modules), layout)
     return _BUILT[name]
 
 
 def forward(model, inputs):
     with torch.no_grad():
         return model(**inputs, return_dict=False)[0]
-
-
-def max_diff(a, b):
-    return float((a.double() - b.double()).abs().max())
-
-
-def sparse_output(model, inputs, config, monkeypatch=None):
-    """The output with sparse attention under `config`, its handle, and (layer, batch, n, layout) of every call."""
-    seen = []
-    if monkeypatch is not None:
-        attend = processor.SparseLayer.attend
-
-        def recording(self, q, k, v, attn_mask=None, scale=None):
-            info = CURRENT_FORWARD.get()
-            seen.append((self.name, q.shape[0], q.shape[2], info.layout if info is not None else None))
-            return attend(self, q, k, v, attn_mask=attn_mask, scale=scale)
-
-        monkeypatch.setattr(processor.SparseLayer, "attend", recording)
-    handle = unbottle.enable_sparse_attention(model, config)
-    try:
-        out = forward(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    return out, handle, seen
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -138,7 +120,7 @@ def _release():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_family_lookup_and_its_sparse_modules(name):
-    model, _, _ = built(name)
+    model = build(name).model
     assert not hasattr(model, "attn_processors")  # reached through the modules' own get/set_processor
     family = family_for_model(model, "sparse")
     assert family.name == CASES[name][1]
@@ -149,50 +131,21 @@ def test_family_lookup_and_its_sparse_modules(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_density_one_matches_stock_and_disable_restores_the_processors(name):
-    model, inputs, stock = built(name)
-    originals = dict(attention_processors(model))
-    handle = unbottle.enable_sparse_attention(model, DENSE)
-    try:
-        current = attention_processors(model)
-        wrapped = {k for k, p in current.items() if isinstance(p, unbottle.SparseAttnProcessor)}
-        assert wrapped == {f"{n}.processor" for n in CASES[name][2]}
-        assert all(current[k].processor is originals[k] for k in wrapped)
-        out = forward(model, inputs)
-    finally:
-        unbottle.disable_sparse_attention(model)
-    assert handle.layer_hooks.keys() == set(CASES[name][2])
-    assert out.shape == stock.shape and max_diff(out, stock) <= 1e-5
-    restored = attention_processors(model)
-    assert restored.keys() == originals.keys()
-    assert all(restored[key] is proc for key, proc in originals.items())
-    assert torch.equal(forward(model, inputs), stock)
+    check_density_one_is_stock(build(name), forward, DENSE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_keeping_every_block_runs_the_sparse_path_and_matches_stock(name):
-    model, inputs, stock = built(name)
-    out, handle, _ = sparse_output(model, inputs, EVERY_BLOCK)
-    assert handle.pattern_computations == dict.fromkeys(CASES[name][2], 1)
-    assert max_diff(out, stock) <= 1e-5
+    check_every_block_kept_is_stock(build(name), forward, EVERY_BLOCK)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_low_density_changes_the_output(name):
-    model, inputs, stock = built(name)
-    out, handle, _ = sparse_output(model, inputs, SPARSE)
-    assert handle.pattern_computations == dict.fromkeys(CASES[name][2], 1)
-    assert torch.isfinite(out).all() and max_diff(out, stock) > 1e-5
+    check_low_density_changes_the_output(build(name), forward, SPARSE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_layout_explains_every_sparse_call(name, monkeypatch):
-    model, inputs, _ = built(name)
-    grid, text_len, text_first = CASES[name][3]
-    _, _, seen = sparse_output(model, inputs, EVERY_BLOCK, monkeypatch)
-    assert sorted(layer for layer, *_ in seen) == sorted(CASES[name][2])  # each sparse module caught once
-    n = grid[0] * grid[1] * grid[2] + text_len
-    frames = inputs["hidden_states"].shape[2]
-    for layer, batch, tokens, layout in seen:
-        assert tokens == n and layout is not None, (layer, tokens, layout)
-        assert batch == (frames if name == "latte" else 1), layer  # Latte: one spatial sequence per frame
-        assert layout.resolve(tokens) == (grid, text_len, text_first), (layer, layout)
+    case = build(name)
+    batch = case.inputs["hidden_states"].shape[2] if name == "latte" else 1  # Latte: one spatial sequence per frame
+    check_the_layout_explains_every_call(case, forward, EVERY_BLOCK, monkeypatch, batch=batch)

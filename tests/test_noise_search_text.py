@@ -42,8 +42,9 @@ def test_exploration_on_the_shapes_dlm_keeps_the_best_verified_sample(dlm):
     reward = unbottle.load_reward("shapes-retrieval")
     alone = [dlm(prompt, generator=torch.Generator().manual_seed(s), **kwargs).texts[0] for s in range(4)]
     verified = [float(reward([t], prompt)) for t in alone]
-    result = unbottle.NoiseSearch(dlm, {"shapes-retrieval": 1.0}, seeds=4, iterations=0, progress=False)(prompt,
-                                                                                                            **kwargs)
+    result = unbottle.NoiseSearch(dlm, {"shapes-retrieval": 1.0}, seeds=4, iterations=0, progress=False)(
+        prompt, **kwargs
+    )
     best = max(range(4), key=lambda s: (verified[s], -s))  # the first seed of the highest score
     assert result.seed == best and result.images == [alone[best]]
     assert result.scores == {"shapes-retrieval": verified[best]}
@@ -64,4 +65,5 @@ def test_text_rewards_refuse_optimization_and_image_pipelines(dlm):
         unbottle.NoiseSearch(dlm, {"shapes-clip": 1.0}, seeds=1, iterations=0, progress=False)(prompt, **kwargs)
     with pytest.raises(ValueError, match="text rewards cannot score them"):
         unbottle.NoiseSearch(pipe, {"shapes-retrieval": 1.0}, seeds=1, iterations=0, progress=False)(
-            "a red circle", num_inference_steps=1, height=32, width=32)
+            "a red circle", num_inference_steps=1, height=32, width=32
+        )

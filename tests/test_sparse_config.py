@@ -201,4 +201,3 @@ def test_step_rule_first_step_dense_waits_for_the_count():
         assert rule.kind(0) is D  # dense whatever the count turns out to be, and no guess yet
     with pytest.warns(UserWarning, match="assuming 50"):
         assert rule.kind(1) is S
-

@@ -8,13 +8,14 @@ from .block_sparse import block_sparse_attention
 from .config import SparseAttentionConfig
 from .dlm_state import dlm_step_callback, notify_dlm_generation_start, notify_dlm_step
 from .enable import disable_sparse_attention, enable_sparse_attention
-from .handle import SparseAttentionHandle
+from .handle import PipelineSparseAttention, SparseAttentionHandle
 from .pattern_files import load_head_patterns, save_head_patterns
 from .processor import SparseAttnProcessor
 from .transformers_attention import ATTENTION_NAME, sparse_attention_forward
 
 __all__ = [
     "ATTENTION_NAME",
+    "PipelineSparseAttention",
     "SparseAttentionConfig",
     "SparseAttentionHandle",
     "SparseAttnProcessor",

@@ -86,6 +86,23 @@ def default_processor(module: torch.nn.Module) -> object | None:
     return module._default_processor_cls() if hasattr(module, "_default_processor_cls") else None
 
 
+# diffusers attention backends that run torch's scaled_dot_product_attention (the call sparse attention catches)
+SDPA_BACKENDS = ("native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math")
+
+
+def attends_by_sdpa(processor: object) -> bool:
+    """Whether a processor's attention goes through torch's SDPA: a legacy processor (no backend of its own) or a
+    dispatcher-aware one whose backend (its own, else diffusers' active one) is a native SDPA backend."""
+    if not hasattr(processor, "_attention_backend"):
+        return True
+    backend = processor._attention_backend
+    if backend is None:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        backend = _AttentionBackendRegistry.get_active_backend()[0]
+    return str(getattr(backend, "value", backend)) in SDPA_BACKENDS
+
+
 def context_step(context: object | None) -> tuple[int | None, int | None]:
     """(step index, number of steps) a pipeline put in its cache context, each None where it gives none."""
     return getattr(context, "step_index", None), getattr(context, "num_inference_steps", None)

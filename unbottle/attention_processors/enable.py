@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from ..families import family_for_model
@@ -9,7 +11,7 @@ from .attach import attach, scheduler_steps, sparse_modules
 from .config import SparseAttentionConfig
 from .diffusers_compat import default_processor, remove_hooks, require_supported_diffusers
 from .engine import PatternStore
-from .handle import HANDLE_ATTR, SparseAttentionHandle
+from .handle import HANDLE_ATTR, PipelineSparseAttention, SparseAttentionHandle
 from .processor import SparseAttnProcessor
 from .state import LAYER_HOOK, MODEL_HOOK
 from .transformers_attention import (
@@ -68,9 +70,62 @@ def denoiser_of(pipe_or_model: object) -> tuple[torch.nn.Module, object | None]:
     raise ValueError(f"expected a diffusers pipeline or its transformer/unet, got {type(pipe_or_model).__name__}")
 
 
-def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig) -> SparseAttentionHandle:
-    """Sparse self-attention (Re-ttention reshape + SparseD cached patterns) on a pipeline's denoiser, or on a
-    transformers diffusion LM (or its pipeline's `.model`) through transformers' AttentionInterface (SparseD)."""
+_DENOISER = re.compile(r"(transformer|unet)(_\d+)?")  # pipeline components that denoise: Wan 2.2's transformer_2
+
+
+def denoisers_of(pipe: object) -> dict[str, torch.nn.Module]:
+    """A pipeline's denoisers by component name (`transformer`, `transformer_2`, `unet`), each model once."""
+    components = getattr(pipe, "components", None)
+    names = list(components) if isinstance(components, dict) else ["transformer", "unet"]
+    found: dict[str, torch.nn.Module] = {}
+    for name in names:
+        model = getattr(pipe, name, None)
+        if (
+            _DENOISER.fullmatch(name)
+            and isinstance(model, torch.nn.Module)
+            and all(m is not model for m in found.values())
+        ):
+            found[name] = model
+    return found
+
+
+def sparse_handle(pipe_or_model: object) -> SparseAttentionHandle | PipelineSparseAttention | None:
+    """The sparse-attention handle of a denoiser, or of a pipeline (one view over all its enabled denoisers)."""
+    if not isinstance(pipe_or_model, torch.nn.Module):
+        handles = {name: h for name, model in denoisers_of(pipe_or_model).items()
+                   if (h := getattr(model, HANDLE_ATTR, None)) is not None}  # fmt: skip
+        if len(handles) > 1:
+            return PipelineSparseAttention(handles, next(iter(handles.values())).config)
+    model, _ = denoiser_of(pipe_or_model)
+    return getattr(model, HANDLE_ATTR, None)
+
+
+def _share_clock(handles: list[SparseAttentionHandle]) -> None:
+    """One step clock for several denoisers of a pipeline: an expert that takes over mid-generation continues the
+    step count, and a new generation seen by any of them clears every denoiser's layer states."""
+    hooks = [h.clock for h in handles]
+    callbacks = [(hook.on_new_generation, hook.on_rename) for hook in hooks]
+
+    def on_new_generation(branch: str) -> None:
+        for new_generation, _ in callbacks:
+            new_generation(branch)
+
+    def on_rename(old: str, new: str) -> None:
+        for _, rename in callbacks:
+            if rename is not None:
+                rename(old, new)
+
+    for hook in hooks:
+        hook.clocks = hooks[0].clocks  # one dict of per-branch clocks
+        hook.on_new_generation, hook.on_rename = on_new_generation, on_rename
+
+
+def enable_sparse_attention(
+    pipe_or_model: object, config: SparseAttentionConfig
+) -> SparseAttentionHandle | PipelineSparseAttention:
+    """Sparse self-attention (Re-ttention reshape + SparseD cached patterns) on every denoiser of a pipeline (Wan 2.2's
+    two experts), on one denoiser, or on a transformers diffusion LM (or its pipeline's `.model`) through
+    transformers' AttentionInterface (SparseD)."""
     if not isinstance(config, SparseAttentionConfig):
         raise TypeError(f"config must be an unbottle.SparseAttentionConfig, got {type(config).__name__}")
     language_model = language_model_of(pipe_or_model)
@@ -78,7 +133,28 @@ def enable_sparse_attention(pipe_or_model: object, config: SparseAttentionConfig
         mask_id = getattr(pipe_or_model, "mask_token_id", None) if pipe_or_model is not language_model else None
         mask_id = mask_id if isinstance(mask_id, int) and not isinstance(mask_id, bool) else None
         return enable_transformers_sparse_attention(language_model, config, mask_id)
+    if not isinstance(pipe_or_model, torch.nn.Module):
+        denoisers = denoisers_of(pipe_or_model)
+        if len(denoisers) > 1:
+            for model in denoisers.values():  # every denoiser supported before any changes
+                family_for_model(model, "sparse")
+            handles: dict[str, SparseAttentionHandle] = {}
+            try:
+                for name, model in denoisers.items():
+                    handles[name] = _enable_denoiser(model, pipe_or_model, config)
+            except BaseException:
+                for handle in handles.values():
+                    handle.disable()
+                raise
+            _share_clock(list(handles.values()))
+            return PipelineSparseAttention(handles, config)
     model, pipe = denoiser_of(pipe_or_model)
+    return _enable_denoiser(model, pipe, config)
+
+
+def _enable_denoiser(
+    model: torch.nn.Module, pipe: object | None, config: SparseAttentionConfig
+) -> SparseAttentionHandle:
     family = family_for_model(model, "sparse")
     if getattr(model, HANDLE_ATTR, None) is not None or any(
         isinstance(p, SparseAttnProcessor) for p in attention_processors(model).values()
@@ -115,6 +191,12 @@ def disable_sparse_attention(pipe_or_model: object) -> None:
         disable_transformers_sparse_attention(language_model)
         return
     expected = "disable_sparse_attention expects a diffusers pipeline, its transformer/unet, or a transformers model"
+    if not isinstance(pipe_or_model, torch.nn.Module):
+        denoisers = denoisers_of(pipe_or_model)
+        if len(denoisers) > 1:
+            for model in denoisers.values():
+                disable_sparse_attention(model)
+            return
     try:
         model, _ = denoiser_of(pipe_or_model)
     except ValueError:

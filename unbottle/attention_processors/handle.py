@@ -59,3 +59,35 @@ class SparseAttentionHandle:
         """`unbottle.disable_sparse_attention` on this model."""
         if self.undo is not None:
             self.undo(self.model)
+
+
+@dataclass
+class PipelineSparseAttention:
+    """Sparse attention on a pipeline with several denoisers (Wan 2.2's two experts): one handle per denoiser, each
+    with its own layer states and patterns, one step clock shared by all (an expert takes over mid-generation)."""
+
+    handles: dict[str, SparseAttentionHandle]  # by pipeline component ("transformer", "transformer_2")
+    config: SparseAttentionConfig
+
+    def __getitem__(self, component: str) -> SparseAttentionHandle:
+        return self.handles[component]
+
+    @property
+    def layer_hooks(self) -> dict[str, LayerStateHook]:
+        """Every denoiser's per-branch layer states, by `component.module`."""
+        return {f"{c}.{name}": hook for c, h in self.handles.items() for name, hook in h.layer_hooks.items()}
+
+    @property
+    def pattern_computations(self) -> dict[str, int]:
+        """How many times each layer of each denoiser computed a pattern, by `component.module`."""
+        return {f"{c}.{name}": n for c, h in self.handles.items() for name, n in h.pattern_computations.items()}
+
+    def reset(self) -> None:
+        """Forget every denoiser's statistics and the shared step clock; cached patterns stay."""
+        for handle in self.handles.values():
+            handle.reset()
+
+    def disable(self) -> None:
+        """`unbottle.disable_sparse_attention` on every denoiser."""
+        for handle in self.handles.values():
+            handle.disable()

@@ -5,6 +5,9 @@ A file holds, per cached pattern, `layer|tokens|block_size|frames|height|width|t
 its config, the pattern, density and block size, and (format "3") `checksum`: the sha256 hex digest of the JSON list
 of sorted `[key, value]` metadata pairs except the checksum, a newline, then per tensor in sorted name order the JSON
 `[name, dtype, shape]` (dtype as in `torch.int32` without `torch.`), a newline and its raw little-endian bytes.
+A pipeline with several denoisers (Wan 2.2's two experts) writes one file for all: tensor names start with the
+component (`transformer_2:layer|...`), `denoisers` lists the components, and `model_class` / `config_hash` hold one
+comma-separated entry per denoiser, in that order.
 
 A file is untrusted input: `load_head_patterns` checks its metadata, checksum and every tensor (names, dtypes, shapes,
 counts, block indices) against the enabled model before anything reaches its pattern store, so a file loads whole
@@ -26,8 +29,8 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from .enable import denoiser_of
-from .handle import HANDLE_ATTR, SparseAttentionHandle
+from .enable import sparse_handle
+from .handle import PipelineSparseAttention, SparseAttentionHandle
 
 FORMAT = "3"
 READABLE_FORMATS = ("2", "3")  # "2": no checksum
@@ -45,20 +48,27 @@ def config_hash(model: torch.nn.Module) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _handle(pipe_or_model: object) -> SparseAttentionHandle:
-    model, _ = denoiser_of(pipe_or_model)
-    handle = getattr(model, HANDLE_ATTR, None)
+def _handles(pipe_or_model: object) -> tuple[dict[str, SparseAttentionHandle], SparseAttentionHandle | None]:
+    """(handles by tensor-name prefix, the single handle or None): one denoiser's patterns are named `layer|...`,
+    several denoisers' `component:layer|...` (Wan 2.2's `transformer_2:blocks.0.attn1|...`)."""
+    handle = sparse_handle(pipe_or_model)
     if handle is None:
         raise RuntimeError("sparse attention is not enabled on this model; call unbottle.enable_sparse_attention")
-    return handle
+    if isinstance(handle, PipelineSparseAttention):
+        return {f"{component}:": h for component, h in handle.handles.items()}, None
+    return {"": handle}, handle
 
 
-def _expected_metadata(handle: SparseAttentionHandle) -> dict[str, str]:
-    cfg = handle.config
-    return {
-        "model_class": type(handle.model).__name__, "config_hash": config_hash(handle.model),
+def _expected_metadata(handles: Mapping[str, SparseAttentionHandle]) -> dict[str, str]:
+    cfg = next(iter(handles.values())).config
+    models = [h.model for h in handles.values()]
+    metadata = {
+        "model_class": ",".join(type(m).__name__ for m in models), "config_hash": ",".join(map(config_hash, models)),
         "pattern": cfg.pattern, "density": repr(cfg.density), "block_size": str(cfg.block_size),
     }  # fmt: skip
+    if len(handles) > 1:
+        metadata["denoisers"] = ",".join(prefix.removesuffix(":") for prefix in handles)
+    return metadata
 
 
 def _checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
@@ -73,19 +83,21 @@ def _checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) 
 
 
 def save_head_patterns(pipe_or_model: object, path: str | Path) -> Path:
-    """Write the cached per-layer, per-head block patterns (SparseD) to a safetensors file, with a checksum."""
-    handle = _handle(pipe_or_model)
+    """Write the cached per-layer, per-head block patterns (SparseD) to a safetensors file, with a checksum; a pipeline
+    with several denoisers (Wan 2.2's experts) writes all of theirs to the one file."""
+    handles, _ = _handles(pipe_or_model)
     tensors = {}
-    for key, (indices, counts) in handle.store.patterns.items():
-        prefix = "|".join(str(part) for part in key)  # layer|tokens|block|frames|height|width|text|text_first
-        tensors[f"{prefix}|indices"] = indices.detach().cpu().contiguous()  # (B, H, nQ, K) int32
-        tensors[f"{prefix}|counts"] = counts.detach().cpu().contiguous()  # (B, H, nQ) int32
+    for component, handle in handles.items():
+        for key, (indices, counts) in handle.store.patterns.items():
+            prefix = component + "|".join(str(part) for part in key)  # layer|tokens|block|frames|height|width|text|..
+            tensors[f"{prefix}|indices"] = indices.detach().cpu().contiguous()  # (B, H, nQ, K) int32
+            tensors[f"{prefix}|counts"] = counts.detach().cpu().contiguous()  # (B, H, nQ) int32
     if not tensors:
         raise RuntimeError("no head patterns are cached yet: run the pipeline once with sparse attention enabled")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"head patterns file {str(path)!r} is a directory; give a file path (e.g. p.safetensors)")
-    metadata = {**_expected_metadata(handle), "format": FORMAT}
+    metadata = {**_expected_metadata(handles), "format": FORMAT}
     metadata["checksum"] = _checksum(tensors, metadata)
     data = save_bytes(tensors, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,13 +257,13 @@ def load_head_patterns(pipe_or_model: object, path: str | Path) -> int:
     The file is checked whole (metadata, checksum, every tensor) before the model's pattern store changes; a file that
     fails raises ValueError naming it (FileNotFoundError when it does not exist) and leaves the store as it was.
     """
-    handle = _handle(pipe_or_model)
+    handles, single = _handles(pipe_or_model)
     path = Path(path)
     file = _PatternFile(path)
     try:
         with open(path, "rb") as f:
             head, metadata = file.read_header(f)
-            fmt = file.check_metadata(metadata, _expected_metadata(handle))
+            fmt = file.check_metadata(metadata, _expected_metadata(handles))
             data = head + f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"head patterns file {file.name!r} does not exist") from None
@@ -264,24 +276,30 @@ def load_head_patterns(pipe_or_model: object, path: str | Path) -> int:
         raise file.error("its checksum does not match its contents: the file was altered or damaged")
     if not tensors:
         raise file.error("holds no patterns")
-    modules = dict(handle.model.named_modules())
     prefixes: dict[str, dict[str, torch.Tensor]] = {}
     for name in sorted(tensors):
         prefix, _, kind = name.rpartition("|")
         if kind not in ("indices", "counts") or not prefix:
             raise file.error(f"holds tensor {name!r}, allowed only '...|indices' and '...|counts' pattern tensors")
         prefixes.setdefault(prefix, {})[kind] = tensors[name]
-    loaded = {}
+    loaded: list[tuple[SparseAttentionHandle, tuple, tuple[torch.Tensor, torch.Tensor]]] = []
+    modules = {component: dict(h.model.named_modules()) for component, h in handles.items()}
     for prefix, pair in prefixes.items():
         for kind, other in (("indices", "counts"), ("counts", "indices")):
             if kind not in pair:
                 raise file.error(f"holds tensor {f'{prefix}|{other}'!r} without its {f'{prefix}|{kind}'!r}")
-        key = _parse_key(file, f"{prefix}|indices", prefix, handle.layer_hooks, handle.config.block_size)
-        heads = getattr(modules.get(key[0]), "heads", None)
+        component, _, local = prefix.partition(":") if single is None else ("", "", prefix)
+        component = f"{component}:" if single is None else ""
+        if component not in handles or not local:
+            allowed = ", ".join(repr(c) for c in handles)
+            raise file.error(f"tensor {f'{prefix}|indices'!r} names no denoiser of this pipeline (prefixes {allowed})")
+        handle = handles[component]
+        key = _parse_key(file, f"{prefix}|indices", local, handle.layer_hooks, handle.config.block_size)
+        heads = getattr(modules[component].get(key[0]), "heads", None)
         heads = heads if isinstance(heads, int) and not isinstance(heads, bool) and heads >= 1 else None
         _check_pattern(file, prefix, key, pair["indices"], pair["counts"], heads)
-        loaded[key] = (pair["indices"], pair["counts"])
-    for key, pattern in loaded.items():  # every entry checked: only now does the store change
+        loaded.append((handle, key, (pair["indices"], pair["counts"])))
+    for handle, key, pattern in loaded:  # every entry checked: only now does any store change
         handle.store.patterns[key] = pattern
         handle.store.block_masks.pop(key, None)
     return len(loaded)

@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from ..families.layout import TokenLayout
 from .attach import Attachment, attach, first_forward_info, running_denoiser, scheduler_steps
 from .config import SparseAttentionConfig
-from .diffusers_compat import default_processor
+from .diffusers_compat import attends_by_sdpa, default_processor
 from .engine import AttentionCall, DiTPatterns, PatternStore, attend
 from .schedule import StepRule
 from .state import CURRENT_FORWARD, LayerStateHook, ModelClockHook, layer_state_hook
@@ -239,7 +239,7 @@ class SparseAttnProcessor:
         catch = _CatchSDPA(layer)
         with catch:
             out = inner(*call_args, **kwargs)
-        if catch.calls == 0:
+        if catch.calls == 0 and not attends_by_sdpa(inner):  # on SDPA, the processor itself skipped attention
             raise RuntimeError(
                 f"unbottle sparse attention: {type(inner).__name__} on {type(attn).__name__} made no "
                 "scaled_dot_product_attention call; set the model's attention backend to 'native' "

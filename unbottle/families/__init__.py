@@ -48,13 +48,14 @@ from .skyreels_v2 import SKYREELS_V2
 from .stable_diffusion import STABLE_DIFFUSION
 from .wan import WAN
 from .wan_animate import WAN_ANIMATE
+from .wan_i2v import WAN_I2V
 from .wan_vace import WAN_VACE
 from .z_image import Z_IMAGE
 
 # the built-in families, in lookup order (a model class two families share resolves to the first)
 BUILTIN = (
     FLUX, SD3, PIXART, COGVIDEOX, WAN, HUNYUAN_VIDEO, LTX, STABLE_DIFFUSION, SDXL,
-    WAN_VACE, SKYREELS_V2, CHRONOEDIT, WAN_ANIMATE, CONSISID,
+    WAN_VACE, SKYREELS_V2, CHRONOEDIT, WAN_ANIMATE, WAN_I2V, CONSISID,
     HUNYUAN_VIDEO15, HUNYUAN_IMAGE, LTX2, KANDINSKY5, LONGCAT_IMAGE,
     QWEN_IMAGE, FLUX2, CHROMA, AURAFLOW, COGVIEW4, LUMINA2, Z_IMAGE, HIDREAM_IMAGE, COGVIEW3_PLUS, BRIA,
     DIT, OVIS_IMAGE, ALLEGRO, LATTE, EASYANIMATE, COSMOS,

@@ -66,6 +66,12 @@ def _call_default(call: dict, name: str) -> object:
     return call[name].default if name in call else None
 
 
+def _guider_cfg(pipe: object) -> bool:
+    """Whether the pipeline's diffusers guider (HunyuanVideo-1.5) runs an unconditional branch, as it checks."""
+    guider = getattr(pipe, "guider", None)
+    return guider is not None and bool(getattr(guider, "_enabled", False)) and guider.num_conditions > 1
+
+
 @torch.no_grad()
 def encode_prompt_once(
     pipe: object, encoding: PromptEncoding, kwargs: dict, *, always_negative: bool
@@ -83,7 +89,7 @@ def encode_prompt_once(
     given = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
     if encoding.separate_negative and given:  # true CFG: the negatives through a second `encode_prompt` call
         scale = kwargs.get("true_cfg_scale", _call_default(call, "true_cfg_scale"))
-        if always_negative or (scale is not None and scale > 1):
+        if always_negative or (scale is not None and scale > 1) or _guider_cfg(pipe):
             # the negative call: each `negative_x` keyword in place of `x`, the other settings as for the prompt
             negative = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}
             negative = {k: v for k, v in negative.items() if f"negative_{k}" not in call}

@@ -73,4 +73,43 @@ PRESETS = MappingProxyType({
         (0.5, 10, 0.7, 6.0),
         (1.0, 5, 0.9, 9.0),
     )),
+    # Wan2.2-T2V-A14B (two experts, the high-noise one while t ≥ 875) against WanPipeline's stock 50 steps (the model
+    # card samples 40: scale the steps by 0.8), 81 frames 480×832. Timed per call on an H100 (bf16, random weights,
+    # bench/results/e2e-h100-80gb-hbm3-wan22.md): a full-size call 3.40 s, a half-size one 0.58 s (0.17 of it; FLOPs
+    # predicted 0.15), so 13 × 3.40 + 20 × 0.58 s ≈ 56 s vs 170 s (≈ 3.0×); the same run measured 3.12× for these
+    # stages scaled to 12 steps (1 + 5 + 2). wan-3x's steps, strengths and shifts: the first stage is where the
+    # high-noise expert runs (its t stays above 875).
+    "wan22-3x": ("Wan", (
+        (1.0, 5, 1.0, 9.0),
+        (0.5, 20, 0.7, 6.0),
+        (1.0, 8, 0.8, 9.0),
+    )),
+    # Qwen-Image 1328² against its stock 50 steps (true CFG: two calls per step). Timed per call on an H100 (bf16,
+    # random weights, 128 text tokens; bench/results/e2e-h100-80gb-hbm3-qwen-image.md): 6,889 image tokens 317 ms,
+    # 1,764 (672²) 145 ms: 0.46 of a full call, not the 0.22 FLOPs predict (text tokens and fixed costs weigh at the
+    # small size). FLOPs-chosen stages (8, 20, 12) measured only 1.72× (scaled to 20 steps), so the stages are FLUX.1's
+    # paper table: 14 × 317 + 20 × 145 ms ≈ 7.3 s vs 15.9 s per branch (≈ 2.2×, predicted from the timed calls).
+    # FLUX.1's strengths and shifts (the same packed 2×2 latents and dynamic shifting).
+    "qwenimage-2x": ("QwenImage", (
+        (1.0, 6, 1.0, 9.0),
+        (0.5, 20, 0.8, 6.0),
+        (1.0, 8, 0.6, 9.0),
+    )),
+    # FLUX.2 [dev] 1024² against its stock 50 steps. Not timed yet: predicted from FLOPs (8 double + 48 single blocks,
+    # 6144 wide; 4,096 image + 512 text tokens at 1024², 1,024 + 512 at 512²): a half-size call ≈ 0.31 of a full one,
+    # so 18 full + 20 × 0.31 ≈ 24.2 vs 50 (≈ 2.1×); FLUX.1's strengths and shifts. Qwen-Image's timed half-size call
+    # cost twice its FLOPs share: expect less than 2× until this one is timed.
+    "flux2-2x": ("Flux2", (
+        (1.0, 8, 1.0, 9.0),
+        (0.5, 20, 0.8, 6.0),
+        (1.0, 10, 0.6, 9.0),
+    )),
+    # HunyuanVideo-1.5 720p 121 frames against its stock 50 steps. Not timed yet: predicted from FLOPs (2048 wide, 54
+    # blocks; 111,600 video tokens at 720×1280, 27,900 at 360×640: attention dominates, a half-size call ≈ 0.08 of a
+    # full one): 13 full + 20 × 0.08 ≈ 14.6 vs 50 (≈ 3.4×); HunyuanVideo's strengths and shifts (Table 5).
+    "hunyuanvideo15-3x": ("HunyuanVideo-1.5", (
+        (1.0, 5, 1.0, 7.0),
+        (0.5, 20, 0.8, 9.0),
+        (1.0, 8, 0.7, 9.0),
+    )),
 })  # fmt: skip

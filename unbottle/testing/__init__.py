@@ -4,6 +4,8 @@ Every `tiny_*` function is seeded, builds its modules in eval mode with offline 
 two inference steps on a CPU in seconds.
 """
 
+from .flux2 import tiny_flux2_klein_pipeline, tiny_flux2_pipeline
+from .hunyuan_video15 import tiny_hunyuan_video15_pipeline
 from .image import (
     tiny_flux_pipeline,
     tiny_pixart_pipeline,
@@ -12,8 +14,12 @@ from .image import (
     tiny_stable_diffusion_pipeline,
 )
 from .language import tiny_diffusion_gemma, tiny_diffusion_gemma_pipeline, tiny_llada2, tiny_llada2_pipeline
+from .ltx2 import tiny_ltx2_pipeline
+from .qwen_image import tiny_qwen_image_pipeline
 from .tokenizers import WORDS, tiny_clip_tokenizer, tiny_t5_tokenizer, word_level_tokenizer
 from .video import tiny_cogvideox_pipeline, tiny_hunyuan_video_pipeline, tiny_ltx_pipeline, tiny_wan_pipeline
+from .wan22 import tiny_wan22_pipeline
+from .wan_i2v import tiny_wan_i2v_pipeline, tiny_wan_ti2v_pipeline
 
 IMAGE_FIXTURES = {
     "stable_diffusion": tiny_stable_diffusion_pipeline,
@@ -37,16 +43,24 @@ __all__ = [
     "tiny_cogvideox_pipeline",
     "tiny_diffusion_gemma",
     "tiny_diffusion_gemma_pipeline",
+    "tiny_flux2_klein_pipeline",
+    "tiny_flux2_pipeline",
     "tiny_flux_pipeline",
+    "tiny_hunyuan_video15_pipeline",
     "tiny_hunyuan_video_pipeline",
     "tiny_llada2",
     "tiny_llada2_pipeline",
+    "tiny_ltx2_pipeline",
     "tiny_ltx_pipeline",
     "tiny_pixart_pipeline",
+    "tiny_qwen_image_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sdxl_pipeline",
     "tiny_stable_diffusion_pipeline",
     "tiny_t5_tokenizer",
+    "tiny_wan22_pipeline",
+    "tiny_wan_i2v_pipeline",
     "tiny_wan_pipeline",
+    "tiny_wan_ti2v_pipeline",
     "word_level_tokenizer",
 ]

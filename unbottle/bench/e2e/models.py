@@ -1,8 +1,11 @@
-"""The real-size, random-weight pipelines of the end-to-end benchmark: FLUX.1-dev, Wan2.1-T2V-1.3B and Stable
-Diffusion 3 medium (denoiser, VAE and scheduler at their published configs; tiny, never-called text encoders), and
-prompt embeddings of the real shape."""
+"""The real-size, random-weight pipelines of the end-to-end benchmark: FLUX.1-dev, Wan2.1-T2V-1.3B, Stable
+Diffusion 3 medium, Wan2.2-T2V-A14B (two experts) and Qwen-Image (denoisers, VAE and scheduler at their published
+configs; tiny, never-called text encoders), and prompt embeddings of the real shape."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -44,6 +47,35 @@ SD3_MEDIUM_TRANSFORMER = dict(  # stabilityai/stable-diffusion-3-medium-diffuser
 SD3_VAE = dict(FLUX_DEV_VAE, scaling_factor=1.5305, shift_factor=0.0609)  # the same architecture, SD3's constants
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
 
+# Wan2.2-T2V-A14B: two experts of this shape (5120 = 40 heads × 128, 40 layers, FFN 13824; 14.3B parameters each),
+# the Wan2.1 VAE, and the reference sampler's settings (flow shift 12, the high-noise expert while t ≥ 875)
+WAN22_A14B_TRANSFORMER = dict(
+    WAN_1_3B_TRANSFORMER, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40,
+)  # fmt: skip
+WAN22_A14B_SCHEDULER = dict(WAN_SCHEDULER, flow_shift=12.0)
+WAN22_A14B_BOUNDARY = 0.875
+# Qwen-Image: 60 dual-stream blocks, 3072 = 24 heads × 128, Qwen2.5-VL width 3584 (20.4B parameters); its VAE at the
+# diffusers defaults (the published config) and its scheduler (dynamic exponential shift, terminal σ 0.02)
+QWEN_IMAGE_TRANSFORMER = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)  # fmt: skip
+QWEN_IMAGE_SCHEDULER = dict(
+    num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+    base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build modules in `dtype` (a 14B or 20B model built in fp32 first would need twice its memory)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
 
 def flux_dev_transformer() -> torch.nn.Module:
     """FLUX.1-dev's transformer at its real shape (random weights), built on the current default device."""
@@ -81,21 +113,44 @@ def wan_vae() -> torch.nn.Module:
 
 
 def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> object:
-    """A real-size random-weight FluxPipeline, WanPipeline or StableDiffusion3Pipeline (tiny unused text encoders) for
-    the benchmark of Bottleneck Sampling (Tian et al., 2025)."""
+    """A real-size random-weight FluxPipeline, WanPipeline (Wan2.1 1.3B; Wan2.2 A14B with two experts),
+    StableDiffusion3Pipeline or QwenImagePipeline (tiny unused text encoders) for the benchmark of Bottleneck Sampling
+    (Tian et al., 2025)."""
     from diffusers import (
         AutoencoderKL,
+        AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
         StableDiffusion3Pipeline,
         UniPCMultistepScheduler,
         WanPipeline,
+        WanTransformer3DModel,
     )
 
     from ...testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+    from ...testing.qwen_image import tiny_qwen_image_pipeline
 
     with torch.device(device):  # random init on the GPU: seconds instead of minutes of CPU init
-        if model == "flux":
+        if model == "wan22":
+            tiny = tiny_wan_pipeline()
+            with default_dtype(dtype):
+                experts = [WanTransformer3DModel(**WAN22_A14B_TRANSFORMER) for _ in range(2)]
+            pipe = WanPipeline(
+                tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, vae=wan_vae(), transformer=experts[0],
+                transformer_2=experts[1], scheduler=UniPCMultistepScheduler(**WAN22_A14B_SCHEDULER),
+                boundary_ratio=WAN22_A14B_BOUNDARY,
+            )  # fmt: skip
+        elif model == "qwen-image":
+            tiny = tiny_qwen_image_pipeline()
+            with default_dtype(dtype):
+                transformer = QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER)
+            pipe = QwenImagePipeline(
+                scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER), vae=AutoencoderKLQwenImage(),
+                text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, transformer=transformer,
+            )  # fmt: skip
+        elif model == "flux":
             tiny = tiny_flux_pipeline()
             pipe = FluxPipeline(
                 scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER), vae=flux_dev_vae(),
@@ -117,7 +172,7 @@ def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = 
                 tokenizer_3=tiny.tokenizer_3,
             )  # fmt: skip
         else:
-            raise ValueError(f"unknown model {model!r}: flux, wan or sd3")
+            raise ValueError(f"unknown model {model!r}: flux, wan, sd3, wan22 or qwen-image")
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             cast_like_from_pretrained(component, dtype)
@@ -138,6 +193,11 @@ def prompt_inputs(pipe: object, case: Case, device: torch.device, seed: int) -> 
     if case.model == "flux":
         return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim),
                 "pooled_prompt_embeds": embeds(1, config.pooled_projection_dim)}  # fmt: skip
+    if case.model == "qwen-image":  # true CFG: the prompt and the negative prompt, each with its mask
+        mask = torch.ones(1, case.text_tokens, dtype=torch.long, device=device)
+        return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim), "prompt_embeds_mask": mask,
+                "negative_prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim),
+                "negative_prompt_embeds_mask": mask}  # fmt: skip
     if case.model == "sd3":
         return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim),
                 "pooled_prompt_embeds": embeds(1, config.pooled_projection_dim),

@@ -13,6 +13,7 @@ from ..script import parse_names
 NO_CUDA_MESSAGE = "the end-to-end benchmark needs a CUDA GPU; torch sees none here"
 TEXT_TOKENS = 512  # Flux's and Wan's `max_sequence_length` default: T5/UMT5 embeddings of 512 tokens
 SD3_TEXT_TOKENS = 77 + 256  # SD3: CLIP-L/G's 77 tokens joined with T5's 256 (its `max_sequence_length` default)
+QWEN_TEXT_TOKENS = 128  # Qwen-Image: Qwen2.5-VL states of the prompt after the template (a long prompt; no padding)
 
 # ---- cases --------------------------------------------------------------------------------------------------------
 SPARSE = "+sparse"  # a variant name ending in it runs with sparse attention enabled
@@ -23,7 +24,7 @@ class Case:
     """One comparison: a model at one request size, its stock run and the Bottleneck Sampling variants against it."""
 
     name: str
-    model: str  # "flux", "wan" or "sd3": which pipeline
+    model: str  # "flux", "wan", "sd3", "wan22" or "qwen-image": which pipeline
     variants: tuple[str, ...]  # "stock", a preset name, or a preset name + "+sparse"
     height: int
     width: int
@@ -33,6 +34,7 @@ class Case:
     repeats: int
     text_tokens: int = TEXT_TOKENS
     sparse: dict = field(default_factory=lambda: {"density": 0.05})  # SparseAttentionConfig keywords
+    guidance_arg: str = "guidance_scale"  # the __call__ keyword guidance_scale goes to (Qwen-Image: true_cfg_scale)
 
 
 CASES: dict[str, Case] = {
@@ -40,9 +42,18 @@ CASES: dict[str, Case] = {
     "wan": Case("wan", "wan", ("stock", "wan-3x", "wan-2x"), 480, 832, 81, 50, 5.0, repeats=2),
     "wan-sparse": Case("wan-sparse", "wan", ("stock", "wan-3x" + SPARSE), 480, 832, 81, 50, 5.0, repeats=2),
     "sd3": Case("sd3", "sd3", ("stock", "sd3-2x"), 1024, 1024, None, 28, 7.0, repeats=3, text_tokens=SD3_TEXT_TOKENS),
+    # Wan2.2-T2V-A14B, both experts (2 × 14.3B in bf16: 53 GiB), 81 frames at 480p to fit one 80 GB card. Sparse
+    # without Re-ttention's reshape: its residual, (B, H, N, D) per layer and CFG branch, is 335 MB per layer here,
+    # 54 GB for both experts' 80 layers, which does not fit beside the weights
+    "wan22": Case("wan22", "wan22", ("stock", "wan22-3x", "stock" + SPARSE, "wan22-3x" + SPARSE), 480, 832, 81, 50,
+                  4.0, repeats=1, sparse={"density": 0.05, "reshape": False}),
+    "qwen-image": Case("qwen-image", "qwen-image",
+                       ("stock", "stock" + SPARSE, "qwenimage-2x", "qwenimage-2x" + SPARSE), 1328, 1328, None, 50, 4.0,
+                       repeats=2, text_tokens=QWEN_TEXT_TOKENS, guidance_arg="true_cfg_scale"),
 }
 DEFAULT_CASES: tuple[str, ...] = ("flux", "wan", "wan-sparse", "sd3")
 QUICK_STEPS, QUICK_FRAMES, QUICK_REPEATS = 10, 33, 1  # --quick: stages scaled by QUICK_STEPS / steps
+MAX_STEPS = 1000
 WARMUP_STEPS = 2  # steps per stage of the warm-up of variants that compile nothing
 # the targets: (case, variant, minimum speed-up over stock, whole generation where decode was measured)
 TARGETS: tuple[tuple[str, str, float], ...] = (
@@ -66,6 +77,7 @@ class E2EOptions:
     decode: bool = True
     seed: int = 0
     quick: bool = False
+    steps: int | None = None  # every case's stock steps (stages scaled alike), frames and sizes unchanged
 
 
 def parse_cases(text: str) -> list[str]:
@@ -86,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"steps per stage of the warm-up where nothing compiles (default {WARMUP_STEPS}; 0: "
                         "whole generations)")  # fmt: skip
     parser.add_argument("--no-decode", action="store_true", help="skip the VAE decode timing")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="stock steps of every case, stages scaled alike, sizes and frames kept (default: each "
+                        "case's own)")  # fmt: skip
 
 
 def options_from_args(args: argparse.Namespace) -> E2EOptions:
@@ -96,10 +111,13 @@ def options_from_args(args: argparse.Namespace) -> E2EOptions:
         raise UsageError(f"--repeats must be ≥ 1, got {repeats}")
     if warmup is None or warmup < 0:
         raise UsageError(f"--warmup-steps must be ≥ 0, got {warmup}")
+    steps = getattr(args, "steps", None)
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"--steps must be 1..{MAX_STEPS}, got {steps}")
     return E2EOptions(
         cases=getattr(args, "cases", None) or list(DEFAULT_CASES), repeats=repeats, warmup_steps=warmup,
         decode=not getattr(args, "no_decode", False), seed=getattr(args, "seed", 0) or 0,
-        quick=getattr(args, "quick", False),
+        quick=getattr(args, "quick", False), steps=steps,
     )  # fmt: skip
 
 
@@ -108,6 +126,8 @@ def effective_case(case: Case, options: E2EOptions) -> Case:
     if options.quick:
         frames = min(case.frames, QUICK_FRAMES) if case.frames else case.frames
         case = dataclasses.replace(case, steps=min(case.steps, QUICK_STEPS), frames=frames, repeats=QUICK_REPEATS)
+    if options.steps is not None:
+        case = dataclasses.replace(case, steps=options.steps)
     if options.repeats is not None:
         case = dataclasses.replace(case, repeats=options.repeats)
     return case

@@ -9,13 +9,18 @@ What is real-size: the denoiser and the VAE. FLUX.1-dev's `FluxTransformer2DMode
 (30 layers, 1536 = 12 heads × 128, FFN 8960; 1.42B parameters, the checkpoint's count behind the "1.3B" name) with
 `AutoencoderKLWan` (127M) and the scheduler the Diffusers checkpoint ships (UniPC, flow prediction, flow shift 3);
 Stable Diffusion 3 medium's `SD3Transformer2DModel` (24 joint blocks, 1536 = 24 heads × 64, patch 2; 2.03B parameters)
-with its 16-channel `AutoencoderKL` and scheduler (FlowMatchEuler, static shift 3).
+with its 16-channel `AutoencoderKL` and scheduler (FlowMatchEuler, static shift 3); Wan2.2-T2V-A14B's two experts
+(`WanTransformer3DModel`, 40 layers, 5120 = 40 heads × 128, FFN 13824; 14.29B parameters each, the high-noise one
+while t ≥ 875) with the Wan2.1 VAE and UniPC at flow shift 12; Qwen-Image's `QwenImageTransformer2DModel` (60
+dual-stream blocks, 3072 = 24 heads × 128; 20.43B parameters) with `AutoencoderKLQwenImage` and its scheduler
+(FlowMatchEuler, dynamic exponential shift, terminal σ 0.02).
 Weights are random (speed does not depend on them) and built on the GPU from these configs: nothing is downloaded.
 
 What is not: text encoding. The pipelines carry the tiny test text encoders (`unbottle.testing`), which are never
 called: each generation gets precomputed random `prompt_embeds` of the real shape (Flux: T5 1×512×4096 + pooled CLIP
 1×768; Wan: UMT5 1×512×4096 for the prompt and the negative prompt; SD3: CLIP-L/G + T5 1×333×4096 + pooled 1×2048 for
-both), as `BottleneckSampler` itself passes them, so the times leave out text encoding (the same for stock and
+both; Wan2.2 as Wan; Qwen-Image: Qwen2.5-VL 1×128×3584 with its mask, for both), as `BottleneckSampler` itself
+passes them, so the times leave out text encoding (the same for stock and
 bottleneck).
 
 Generation is the stock pipeline call (Flux-dev 1024², 50 steps, guidance 3.5 as a guidance embedding: one transformer
@@ -103,8 +108,9 @@ def _call(pipe: object, case: Case, stages: list | None, steps_cap: int | None, 
     """One generation to latents: the stock call, or the sampler over `stages` (steps capped for a warm-up)."""
     from ...pipelines.bottleneck import BottleneckSampler
 
-    kwargs = dict(inputs, height=case.height, width=case.width, guidance_scale=case.guidance_scale,
-                  generator=torch.Generator(device).manual_seed(seed), output_type="latent")  # fmt: skip
+    kwargs = dict(inputs, height=case.height, width=case.width, generator=torch.Generator(device).manual_seed(seed),
+                  output_type="latent")  # fmt: skip
+    kwargs[case.guidance_arg] = case.guidance_scale
     if case.frames is not None:
         kwargs["num_frames"] = case.frames
     if stages is None:
@@ -125,6 +131,12 @@ def decode(pipe: object, latents: torch.Tensor, case: Case) -> object:
     """The stock pipeline's own decode path of its final latents (Flux: unpack, VAE, PIL; SD3: VAE, PIL; Wan: VAE,
     numpy)."""
     vae = pipe.vae
+    if case.model == "qwen-image":  # packed (B, N, 64) → (B, 16, 1, H/8, W/8), the VAE's latent statistics undone
+        x = pipe._unpack_latents(latents, case.height, case.width, pipe.vae_scale_factor).to(vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(x.device, x.dtype)
+        std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(x.device, x.dtype)
+        image = vae.decode(x * std + mean, return_dict=False)[0][:, :, 0]  # (B, 3, H, W)
+        return pipe.image_processor.postprocess(image, output_type="pil")
     if case.model in ("flux", "sd3"):
         x = latents
         if case.model == "flux":  # packed (B, N, 64) → (B, 16, H/8, W/8)
@@ -138,19 +150,21 @@ def decode(pipe: object, latents: torch.Tensor, case: Case) -> object:
 
 
 class CallTimes:
-    """Every forward of a module inside the block: its input size and its time (CUDA events on a GPU, wall on a CPU).
+    """Every forward of the modules inside the block (a pipeline's denoisers: Wan 2.2's two experts): its input size
+    and its time (CUDA events on a GPU, wall on a CPU).
 
     The events span the GPU's work for the call, including any wait for the host to issue it (a call too small to
     keep the GPU busy shows its host time). `summary` says where a generation's seconds went: inside transformer
     calls, per input size (Bottleneck Sampling's stages), vs everything between them (scheduler, resampling, setup).
     """
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.calls, self._open, self.handles = module, [], [], []
+    def __init__(self, *modules: torch.nn.Module) -> None:
+        self.modules, self.calls, self._open, self.handles = modules, [], [], []
 
     def __enter__(self) -> CallTimes:
-        self.handles = [self.module.register_forward_pre_hook(self._pre, with_kwargs=True),
-                        self.module.register_forward_hook(self._post)]  # fmt: skip
+        for module in self.modules:
+            self.handles += [module.register_forward_pre_hook(self._pre, with_kwargs=True),
+                             module.register_forward_hook(self._post)]  # fmt: skip
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -209,6 +223,7 @@ def measure_variant(pipe: object, case: Case, variant: str, options: E2EOptions,
     """Warm up then time one variant's generations (stock or Bottleneck Sampling, Tian et al. 2025); the row and the
     last latents. Errors land in the row."""
     from ...attention_processors import SparseAttentionConfig, disable_sparse_attention, enable_sparse_attention
+    from ...attention_processors.enable import denoisers_of
 
     stages = None
     row = _new_row(case, variant, None)
@@ -226,7 +241,7 @@ def measure_variant(pipe: object, case: Case, variant: str, options: E2EOptions,
         row["warmup_s"], out = timed(lambda: _call(pipe, case, stages, cap, inputs, options.seed, device), device)
         del out
         before = sum(handle.pattern_computations.values()) if handle is not None else None
-        with CallTimes(pipe.transformer) as calls:
+        with CallTimes(*denoisers_of(pipe).values()) as calls:
             for i in range(case.repeats):
                 seconds, out = timed(lambda: _call(pipe, case, stages, None, inputs, options.seed, device), device)
                 row["times_s"].append(seconds)
