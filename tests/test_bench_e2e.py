@@ -14,6 +14,8 @@ from unbottle.bench import e2e
 from unbottle.bench.e2e import models as e2e_models
 from unbottle.cli import main
 from unbottle.testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+from unbottle.testing.flux2 import tiny_flux2_pipeline
+from unbottle.testing.hunyuan_video15 import tiny_hunyuan_video15_pipeline
 from unbottle.testing.qwen_image import tiny_qwen_image_pipeline
 from unbottle.testing.wan22 import tiny_wan22_pipeline
 
@@ -227,6 +229,19 @@ def test_wan22_a14b_and_qwen_image_have_the_published_size():
     assert len(qwen.transformer_blocks) == 60 and qwen.inner_dim == 3072
 
 
+def test_flux2_dev_and_hunyuan_video15_have_the_published_size():
+    from diffusers import Flux2Transformer2DModel, HunyuanVideo15Transformer3DModel
+
+    with torch.device("meta"):
+        flux2 = Flux2Transformer2DModel(**e2e_models.FLUX2_DEV_TRANSFORMER)
+        hunyuan = HunyuanVideo15Transformer3DModel(**e2e_models.HUNYUAN_VIDEO15_TRANSFORMER)
+    n_flux2, n_hunyuan = (sum(p.numel() for p in m.parameters()) for m in (flux2, hunyuan))
+    assert abs(n_flux2 - 32e9) / 32e9 < 0.01  # "32B"
+    assert len(flux2.transformer_blocks) == 8 and len(flux2.single_transformer_blocks) == 48
+    assert abs(n_hunyuan - 8.3e9) / 8.3e9 < 0.01  # "8.3B"
+    assert len(hunyuan.transformer_blocks) == 54 and hunyuan.config.in_channels == 2 * 32 + 1  # noise, cond, mask
+
+
 def test_dry_run_of_the_two_expert_and_qwen_image_cases(tmp_path):
     pipes = {"wan22": tiny_wan22_pipeline(), "qwen-image": tiny_qwen_image_pipeline()}
     sparse = {"density": 0.3, "block_size": 8, "full_steps": 1}
@@ -256,6 +271,33 @@ def test_dry_run_of_the_two_expert_and_qwen_image_cases(tmp_path):
         for name in ("transformer", "transformer_2"):
             model = getattr(pipe, name, None)
             assert model is None or not any("Sparse" in type(p).__name__ for p in model.attn_processors.values())
+
+
+def test_dry_run_of_the_flux2_and_hunyuan_video15_cases(tmp_path):
+    pipes = {"flux2": tiny_flux2_pipeline(), "hunyuan-video15": tiny_hunyuan_video15_pipeline()}
+    sparse = {"density": 0.3, "block_size": 8, "full_steps": 1}
+    cases = [
+        dataclasses.replace(e2e.CASES["flux2"], height=64, width=64, steps=10, repeats=1, text_tokens=16,
+                            sparse=sparse),
+        dataclasses.replace(e2e.CASES["hunyuan-video15"], height=64, width=64, frames=5, steps=5, repeats=1,
+                            text_tokens=16, sparse=sparse),
+    ]  # fmt: skip
+    results = e2e.run_benchmark(e2e.E2EOptions(), tmp_path, "dry run", device="cpu", pipelines=pipes, cases=cases,
+                                log=lambda message: None)  # fmt: skip
+    rows = {(r["case"], r["variant"]): r for r in results["rows"]}
+    assert all(r["error"] is None for r in rows.values()), results["rows"]
+    # flux2-2x's (8, 20, 10) × 10/50: embedded guidance, one pass a step
+    assert rows[("flux2", "flux2-2x")]["steps"] == [2, 4, 2] and rows[("flux2", "stock")]["transformer_calls"] == 10
+    # hunyuanvideo15-3x's (5, 20, 8) × 5/50, at least 1 a stage; the guider's CFG: two passes a step
+    assert rows[("hunyuan-video15", "hunyuanvideo15-3x")]["steps"] == [1, 2, 1]
+    assert rows[("hunyuan-video15", "stock")]["transformer_calls"] == 10
+    assert rows[("hunyuan-video15", "hunyuanvideo15-3x+sparse")]["transformer_calls"] == 2 * (1 + 2 + 1)
+    # the real-size prompt shapes: 1000 Qwen2.5-VL and 256 ByT5 positions, the first `text_tokens` of them valid
+    inputs = e2e_models.prompt_inputs(pipes["hunyuan-video15"], cases[1], torch.device("cpu"), 0)
+    assert inputs["prompt_embeds"].shape[1] == 1000 and inputs["prompt_embeds_2"].shape[1] == 256
+    assert inputs["prompt_embeds_mask"].sum() == 16 and inputs["negative_prompt_embeds_mask_2"].sum() == 32
+    image = results["decode"]["flux2"]
+    assert image["decode_s"] > 0 and results["decode"]["hunyuan-video15"]["decode_s"] > 0
 
 
 def test_dry_run_of_the_sd3_case(tmp_path):

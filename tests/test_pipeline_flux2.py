@@ -263,3 +263,24 @@ def test_one_optimization_step_has_a_finite_gradient_and_moves_the_loss(pipes, n
     # iteration 0 is the stock image of seed 2
     assert 1 - first.scores["red"] == pytest.approx(first.loss, abs=1e-9)
     assert first.scores["red"] == pytest.approx(float(stock(pipe, 2, output_type="pt")[:, 0].mean()), abs=1e-5)
+
+
+def test_exploration_passes_the_prompt_by_keyword(pipes):
+    """Both pipelines take `image` first: best-of-seeds exploration calls them with `prompt=`, and one seed is the
+    stock call of that seed."""
+    pipe = pipes["flux2"]
+    reward = {"red": (_Red(), 1.0)}
+    result = unbottle.NoiseSearch(pipe, reward, seeds=[5], iterations=0, progress=False)(
+        PROMPT, num_inference_steps=2, output_type="np", **CALL
+    )
+    np.testing.assert_array_equal(result.images, stock(pipe, 5))
+
+
+class _Red(torch.nn.Module):
+    """Mean of the red channel: a reward in [0, 1]."""
+
+    def forward(self, images, prompts):
+        return images[:, 0].mean((-2, -1))
+
+    def unit(self, scores):
+        return scores

@@ -15,6 +15,7 @@ from diffusers import WanTransformer3DModel
 from PIL import Image
 
 import unbottle
+from unbottle.attention_processors.state import CURRENT_FORWARD
 from unbottle.families import TokenLayout, UnsupportedModelError, family_for_model, family_for_pipeline
 from unbottle.pipelines.noise_search import differentiable_call, draw_noise
 from unbottle.testing.wan_i2v import IMAGE_DIM, tiny_wan_i2v_pipeline, tiny_wan_ti2v_pipeline
@@ -312,3 +313,23 @@ def test_one_optimization_step_has_a_finite_gradient_and_changes_the_loss(pipes)
     assert math.isfinite(first.update_norm) and first.update_norm > 0
     assert second.loss != first.loss
     assert result.latents.shape == (1, 16, 2, 4, 4)
+
+
+def test_the_clock_reads_the_noisy_tokens_timestep_of_an_expand_timesteps_call(pipes, stock):
+    """TI2V's per-token timestep is 0 on the conditioning frame: the clock reads the noisy tokens', so the steps count
+    up and the sparse steps after the first really run sparse."""
+    pipe = pipes("ti2v")
+    steps = []
+    hook = pipe.transformer.blocks[0].attn1.register_forward_pre_hook(
+        lambda module, args: steps.append(CURRENT_FORWARD.get().step)
+    )
+    config = unbottle.SparseAttentionConfig(density=0.25, block_size=BLOCK, full_steps=1)
+    unbottle.enable_sparse_attention(pipe, config)
+    try:
+        out = pipe(**{**CALL, "num_inference_steps": 3}, generator=seed(0), output_type="np").frames
+    finally:
+        hook.remove()
+        unbottle.disable_sparse_attention(pipe)
+    assert steps == [0, 0, 1, 1, 2, 2]  # cond and uncond per step
+    dense = pipe(**{**CALL, "num_inference_steps": 3}, generator=seed(0), output_type="np").frames
+    assert max_diff(out, dense) > 1e-4  # steps 1 and 2 were sparse

@@ -44,6 +44,8 @@ class SelfAttention:
     layout: Callable[[torch.nn.Module, dict], TokenLayout]  # token layout of one forward, from its bound arguments
     timestep_arg: str = "timestep"  # the forward argument carrying the timestep (the step clock reads it)
     timestep_rising: bool = False  # that argument rises from 0 to 1 over denoising (1 − σ): the clock reads 1 − it
+    read_timestep: Callable[[dict], float | None] | None = None  # the clock's timestep from the bound arguments, where
+    # the argument's first element is not it (per-token timesteps whose first tokens are clean conditioning)
 
     def __post_init__(self) -> None:
         if not isinstance(self.modules, str) or not self.modules:
@@ -59,6 +61,7 @@ class SelfAttention:
             )
         if not isinstance(self.timestep_rising, bool):
             raise ValueError(f"SelfAttention.timestep_rising must be True or False, got {self.timestep_rising!r}")
+        _callable("SelfAttention", "read_timestep", self.read_timestep, optional=True)
 
     def selects(self, name: str) -> bool:
         """Whether the attention module `name` is self-attention that sparse attention replaces."""
@@ -70,7 +73,10 @@ class SelfAttention:
             layout = self.layout(model, bound)
         except (KeyError, AttributeError, TypeError, ValueError, IndexError):
             layout = None  # an unusual call: patterns fall back to a 1-D sequence
-        timestep = call_timestep(bound, self.timestep_arg)
+        if self.read_timestep is not None:
+            timestep = self.read_timestep(bound)
+        else:
+            timestep = call_timestep(bound, self.timestep_arg)
         if timestep is not None and self.timestep_rising:
             timestep = 1.0 - timestep  # the clock expects a timestep that falls over denoising
         return timestep, layout

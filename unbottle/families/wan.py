@@ -24,6 +24,15 @@ def _image_to_video(model: torch.nn.Module, bound: dict, grid: tuple[int, int, i
     return bool((t[:, : h * w] == 0).all())
 
 
+def _timestep(bound: dict) -> float | None:
+    # text-to-video: (B,); expand_timesteps: (B, N) per token, 0 on a clean conditioning frame (TI2V): the noisy
+    # tokens' timestep, the largest
+    t = bound.get("timestep")
+    if not isinstance(t, torch.Tensor):
+        return None if t is None else float(t)
+    return float(t[0].max()) if t.dim() > 1 else float(t.flatten()[0])
+
+
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
     f, h, w = video_grid(model, bound)
     if f > 1 and _image_to_video(model, bound, (f, h, w)):  # the conditioning frame kept like prompt tokens
@@ -41,7 +50,7 @@ WAN = Family(
     "Wan",
     model_classes=("WanTransformer3DModel",),
     pipeline_classes=("WanPipeline",),
-    attention=SelfAttention(r"^blocks\.\d+\.attn1$", _layout),
+    attention=SelfAttention(r"^blocks\.\d+\.attn1$", _layout, read_timestep=_timestep),
     latents=Latents(video=True, vae_factor=video_vae, size_multiple=16, noise_grid=video_noise,
                     default_size=signature_size_default, float32_noise=True),  # fmt: skip
     prompt=PromptEncoding(("prompt_embeds", "negative_prompt_embeds")),

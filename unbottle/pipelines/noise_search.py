@@ -457,7 +457,7 @@ class NoiseSearch:
         with _quiet(self.pipe, self.progress and len(self.config.seeds) > 1), \
                 self._bar(len(self.config.seeds), "explore") as bar:  # fmt: skip
             for seed in self.config.seeds:
-                output = self.pipe(prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
+                output = self.pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
                 step = self._step(0, *self._evaluate_output(output, prompt))
                 history[seed] = [step]
                 if best is None or step.objective > best[0].objective:

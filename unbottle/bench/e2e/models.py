@@ -1,6 +1,7 @@
 """The real-size, random-weight pipelines of the end-to-end benchmark: FLUX.1-dev, Wan2.1-T2V-1.3B, Stable
-Diffusion 3 medium, Wan2.2-T2V-A14B (two experts) and Qwen-Image (denoisers, VAE and scheduler at their published
-configs; tiny, never-called text encoders), and prompt embeddings of the real shape."""
+Diffusion 3 medium, Wan2.2-T2V-A14B (two experts), Qwen-Image, FLUX.2 [dev] and HunyuanVideo-1.5 480p (denoisers,
+VAE and scheduler at their published configs; tiny, never-called text encoders), and prompt embeddings of the real
+shape."""
 
 from __future__ import annotations
 
@@ -65,6 +66,16 @@ QWEN_IMAGE_SCHEDULER = dict(
     base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
 )  # fmt: skip
 
+# FLUX.2 [dev]: 8 double + 48 single blocks, 6144 = 48 heads × 128, Mistral-3 states of 3 layers (15360 wide), guidance
+# embedding (32.2B parameters): diffusers' defaults are the published config, as are its VAE's
+FLUX2_DEV_TRANSFORMER: dict = {}
+# HunyuanVideo-1.5 480p text-to-video: 54 blocks, 2048 = 16 heads × 128 (8.3B parameters), conditioning latents and
+# mask on channels (65 in), its 16× spatial / 4× temporal VAE (32 channels); Qwen2.5-VL 1000 text tokens, ByT5 256,
+# 729 image-encoder slots (zeros in text-to-video)
+HUNYUAN_VIDEO15_TRANSFORMER = dict(task_type="t2v", target_size=640)
+HUNYUAN_VIDEO15_SCHEDULER = dict(shift=5.0)
+HUNYUAN_VIDEO15_TOKENS = (1000, 256, 729)  # tokenizer_max_length, tokenizer_2_max_length, vision_num_semantic_tokens
+
 
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype) -> Iterator[None]:
@@ -114,13 +125,19 @@ def wan_vae() -> torch.nn.Module:
 
 def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> object:
     """A real-size random-weight FluxPipeline, WanPipeline (Wan2.1 1.3B; Wan2.2 A14B with two experts),
-    StableDiffusion3Pipeline or QwenImagePipeline (tiny unused text encoders) for the benchmark of Bottleneck Sampling
-    (Tian et al., 2025)."""
+    StableDiffusion3Pipeline, QwenImagePipeline, Flux2Pipeline or HunyuanVideo15Pipeline (tiny unused text encoders)
+    for the benchmark of Bottleneck Sampling (Tian et al., 2025)."""
     from diffusers import (
         AutoencoderKL,
+        AutoencoderKLFlux2,
+        AutoencoderKLHunyuanVideo15,
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
         FluxPipeline,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
         QwenImagePipeline,
         QwenImageTransformer2DModel,
         StableDiffusion3Pipeline,
@@ -130,6 +147,8 @@ def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = 
     )
 
     from ...testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+    from ...testing.flux2 import tiny_flux2_pipeline
+    from ...testing.hunyuan_video15 import tiny_hunyuan_video15_pipeline
     from ...testing.qwen_image import tiny_qwen_image_pipeline
 
     with torch.device(device):  # random init on the GPU: seconds instead of minutes of CPU init
@@ -142,6 +161,26 @@ def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = 
                 transformer_2=experts[1], scheduler=UniPCMultistepScheduler(**WAN22_A14B_SCHEDULER),
                 boundary_ratio=WAN22_A14B_BOUNDARY,
             )  # fmt: skip
+        elif model == "flux2":
+            tiny = tiny_flux2_pipeline()
+            with default_dtype(dtype):
+                transformer = Flux2Transformer2DModel(**FLUX2_DEV_TRANSFORMER)
+            pipe = Flux2Pipeline(
+                scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER), vae=AutoencoderKLFlux2(),
+                text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, transformer=transformer,
+            )  # fmt: skip
+        elif model == "hunyuan-video15":
+            tiny = tiny_hunyuan_video15_pipeline()
+            with default_dtype(dtype):
+                transformer = HunyuanVideo15Transformer3DModel(**HUNYUAN_VIDEO15_TRANSFORMER)
+            pipe = HunyuanVideo15Pipeline(
+                text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, transformer=transformer,
+                vae=AutoencoderKLHunyuanVideo15(), text_encoder_2=tiny.text_encoder_2, tokenizer_2=tiny.tokenizer_2,
+                scheduler=FlowMatchEulerDiscreteScheduler(**HUNYUAN_VIDEO15_SCHEDULER), guider=tiny.guider,
+            )  # fmt: skip
+            pipe.tokenizer_max_length, pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = (
+                HUNYUAN_VIDEO15_TOKENS
+            )
         elif model == "qwen-image":
             tiny = tiny_qwen_image_pipeline()
             with default_dtype(dtype):
@@ -172,7 +211,7 @@ def build_pipeline(model: str, device: str | torch.device, dtype: torch.dtype = 
                 tokenizer_3=tiny.tokenizer_3,
             )  # fmt: skip
         else:
-            raise ValueError(f"unknown model {model!r}: flux, wan, sd3, wan22 or qwen-image")
+            raise ValueError(f"unknown model {model!r}: flux, wan, sd3, wan22, qwen-image, flux2 or hunyuan-video15")
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             cast_like_from_pretrained(component, dtype)
@@ -193,6 +232,21 @@ def prompt_inputs(pipe: object, case: Case, device: torch.device, seed: int) -> 
     if case.model == "flux":
         return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim),
                 "pooled_prompt_embeds": embeds(1, config.pooled_projection_dim)}  # fmt: skip
+    if case.model == "flux2":  # embedded guidance: the prompt alone
+        return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim)}
+    if case.model == "hunyuan-video15":  # the guider's CFG: both prompts, padded to the pipeline's lengths and masked
+        text, byt5, _ = HUNYUAN_VIDEO15_TOKENS
+
+        def mask(n: int, valid: int) -> torch.Tensor:
+            return (torch.arange(n, device=device) < valid).long()[None]  # (1, n): valid tokens first
+
+        both = {}
+        for prefix in ("", "negative_"):
+            both |= {f"{prefix}prompt_embeds": embeds(1, text, config.text_embed_dim),
+                     f"{prefix}prompt_embeds_mask": mask(text, case.text_tokens),
+                     f"{prefix}prompt_embeds_2": embeds(1, byt5, config.text_embed_2_dim),
+                     f"{prefix}prompt_embeds_mask_2": mask(byt5, 32)}  # fmt: skip
+        return both
     if case.model == "qwen-image":  # true CFG: the prompt and the negative prompt, each with its mask
         mask = torch.ones(1, case.text_tokens, dtype=torch.long, device=device)
         return {"prompt_embeds": embeds(1, case.text_tokens, config.joint_attention_dim), "prompt_embeds_mask": mask,

@@ -34,7 +34,8 @@ class Case:
     repeats: int
     text_tokens: int = TEXT_TOKENS
     sparse: dict = field(default_factory=lambda: {"density": 0.05})  # SparseAttentionConfig keywords
-    guidance_arg: str = "guidance_scale"  # the __call__ keyword guidance_scale goes to (Qwen-Image: true_cfg_scale)
+    guidance_arg: str = "guidance_scale"  # the __call__ keyword guidance_scale goes to (Qwen-Image: true_cfg_scale;
+    # "": none, the pipeline's guider holds it)
 
 
 CASES: dict[str, Case] = {
@@ -50,6 +51,13 @@ CASES: dict[str, Case] = {
     "qwen-image": Case("qwen-image", "qwen-image",
                        ("stock", "stock" + SPARSE, "qwenimage-2x", "qwenimage-2x" + SPARSE), 1328, 1328, None, 50, 4.0,
                        repeats=2, text_tokens=QWEN_TEXT_TOKENS, guidance_arg="true_cfg_scale"),
+    "flux2": Case("flux2", "flux2", ("stock", "stock" + SPARSE, "flux2-2x", "flux2-2x" + SPARSE), 1024, 1024, None, 50,
+                  4.0, repeats=2),
+    # HunyuanVideo-1.5 480p (480×848, 121 frames), guided by its CFG guider (the guidance scale is the guider's);
+    # text_tokens: valid prompt tokens of the 1000 it pads to
+    "hunyuan-video15": Case("hunyuan-video15", "hunyuan-video15",
+                            ("stock", "stock" + SPARSE, "hunyuanvideo15-3x", "hunyuanvideo15-3x" + SPARSE), 480, 848,
+                            121, 50, 6.0, repeats=1, text_tokens=128, guidance_arg=""),
 }
 DEFAULT_CASES: tuple[str, ...] = ("flux", "wan", "wan-sparse", "sd3")
 QUICK_STEPS, QUICK_FRAMES, QUICK_REPEATS = 10, 33, 1  # --quick: stages scaled by QUICK_STEPS / steps

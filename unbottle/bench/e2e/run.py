@@ -55,6 +55,7 @@ from pathlib import Path
 import torch
 
 from ...errors import RunError
+from ...families import family_for_pipeline
 from .. import measure, script
 from ..measure import error_text, free, peak_gib, peak_reset, timed
 from ..results import close_run, environment, fmt
@@ -110,7 +111,8 @@ def _call(pipe: object, case: Case, stages: list | None, steps_cap: int | None, 
 
     kwargs = dict(inputs, height=case.height, width=case.width, generator=torch.Generator(device).manual_seed(seed),
                   output_type="latent")  # fmt: skip
-    kwargs[case.guidance_arg] = case.guidance_scale
+    if case.guidance_arg:
+        kwargs[case.guidance_arg] = case.guidance_scale
     if case.frames is not None:
         kwargs["num_frames"] = case.frames
     if stages is None:
@@ -131,6 +133,16 @@ def decode(pipe: object, latents: torch.Tensor, case: Case) -> object:
     """The stock pipeline's own decode path of its final latents (Flux: unpack, VAE, PIL; SD3: VAE, PIL; Wan: VAE,
     numpy)."""
     vae = pipe.vae
+    if case.model == "flux2":  # tokens → patchified grid, the VAE's batch-norm statistics undone, unpatchified
+        family = family_for_pipeline(pipe, "bottleneck")
+        x = pipe._patchify_latents(family.latents.to_grid(pipe, latents, case.height, case.width, None))
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(x.device, x.dtype)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(x.device, x.dtype)
+        image = vae.decode(pipe._unpatchify_latents(x * std + mean), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+    if case.model == "hunyuan-video15":
+        video = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return pipe.video_processor.postprocess_video(video, output_type="np")
     if case.model == "qwen-image":  # packed (B, N, 64) → (B, 16, 1, H/8, W/8), the VAE's latent statistics undone
         x = pipe._unpack_latents(latents, case.height, case.width, pipe.vae_scale_factor).to(vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(x.device, x.dtype)
