@@ -90,6 +90,11 @@ def test_the_default_size_is_the_pipelines_own(pipe):
     frames = pipe(PROMPT, generator=seed(), output_type="np", num_frames=1, num_inference_steps=1).frames
     assert family.latents.size(pipe, {}) == frames.shape[2:4] == (48, 80)  # the 9:16 bucket of target_size 64
     assert family.latents.noise_shape(pipe, {"num_frames": 1}) == (1, 4, 1, 3, 5)
+    # a bottleneck request without a size plans at the same default, and one stage is then the stock call
+    sampler = unbottle.BottleneckSampler(pipe, [unbottle.Stage(1.0, 1, 1.0, None)])
+    assert [(p.height, p.width) for p in sampler.plan(num_frames=1)] == [(48, 80)]
+    staged = sampler(PROMPT, generator=seed(), output_type="np", num_frames=1).frames
+    np.testing.assert_array_equal(staged, frames)
 
 
 def test_the_encoding_maps_every_tensor_to_its_call_keyword(pipe):

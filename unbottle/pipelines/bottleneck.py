@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..families import Family, family_for_pipeline
 from ..families.latents import latent_frames
-from ..families.prompt import encode_prompt_once, encoded_keywords
+from ..families.prompt import encode_prompt_once, encoded_keywords, text_keywords
 from .bottleneck_presets import PRESETS
 from .bottleneck_schedule import StageScheduler, pipeline_shift, stage_sigmas
 from .resample import RESAMPLE_MODES, resize_latents
@@ -121,11 +121,13 @@ class BottleneckSampler:
     ) -> list[StagePlan]:
         """Each stage's pixel size and σ grid for a request; checks the sizes against the pipeline's granularity."""
         pipe, family, defaults = self.pipe, self.family, self._defaults()
-        if height is None or width is None:
+        if height is None or width is None:  # the pipeline's own default size: its signature's, else its family's
             fallback = getattr(pipe, "default_sample_size", None)
-            fallback = fallback * pipe.vae_scale_factor if fallback else None
-            height = height or defaults.get("height") or fallback
-            width = width or defaults.get("width") or fallback
+            fallback_h = fallback_w = fallback * pipe.vae_scale_factor if fallback else None
+            if family.latents.default_size is not None:
+                fallback_h, fallback_w = family.latents.default_size(pipe)
+            height = height or defaults.get("height") or fallback_h
+            width = width or defaults.get("width") or fallback_w
         multiple = family.latents.multiple(pipe)
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
@@ -184,6 +186,8 @@ class BottleneckSampler:
         embeddings = encode_prompt_once(pipe, family.prompt, kwargs, always_negative=False)
         consumed = encoded_keywords(pipe)
         common = {k: v for k, v in kwargs.items() if k not in consumed and k != "latents"}
+        # texts None, not left out: a default text (Ovis-Image's negative "") would clash with the encoded negative
+        common = {**dict.fromkeys(text_keywords(pipe) & consumed), **common}
         generator = kwargs.get("generator")
         latents = kwargs.get("latents")  # the caller's starting noise, if any, is the first stage's
         for i, plan in enumerate(plans):
