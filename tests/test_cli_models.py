@@ -181,3 +181,32 @@ def test_an_id_missing_from_the_cache_is_not_fetched(cache, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'tiny/absent' is not in the local Hugging Face cache" in err and "HF_HUB_OFFLINE is set" in err
     assert not out.exists()
+
+
+def test_image_to_video_takes_its_first_frame_from_image(written, tmp_path, capsys):
+    """`unbottle video --image FILE` on a Wan image-to-video folder is the pipeline's call with that image; without
+    --image, or with it on a text-to-video pipeline, the run stops with a usage error naming --image."""
+    from diffusers import DiffusionPipeline
+
+    from unbottle.testing.wan_i2v import tiny_wan_i2v_pipeline
+
+    folder = tmp_path / "wan-i2v"
+    tiny_wan_i2v_pipeline().save_pretrained(folder)
+    first = tmp_path / "first.png"
+    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8)).save(first)
+    size = ["--height", "32", "--width", "32", "--frames", "9", "--steps", str(STEPS), "--seed", str(SEED)]
+    out = tmp_path / "v.mp4"
+    assert main(["video", PROMPT, "--model", str(folder), "--image", str(first), "-o", str(out), "-q", *size]) == 0
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(image=Image.open(first).convert("RGB"), prompt=PROMPT, height=32, width=32, num_frames=9,
+                    num_inference_steps=STEPS, generator=torch.Generator().manual_seed(SEED), output_type="np")
+    np.testing.assert_array_equal(written[-1], expected.frames[0])
+    capsys.readouterr()
+    assert main(["video", PROMPT, "--model", str(folder), "-o", str(tmp_path / "x.mp4"), "-q", *size]) == 2
+    assert "--image: WanImageToVideoPipeline is image-to-video" in capsys.readouterr().err
+    assert main(["video", PROMPT, "--image", str(first), "-o", str(tmp_path / "y.mp4"), "-q", "--frames", "5"]) == 2
+    assert "is not an image-to-video pipeline" in capsys.readouterr().err  # the embedded text-to-video default
+    with pytest.raises(SystemExit) as info:
+        main(["video", PROMPT, "--image", str(tmp_path / "none.png"), "-o", str(tmp_path / "z.mp4")])
+    assert info.value.code == 2 and "argument --image: no such file" in capsys.readouterr().err

@@ -9,9 +9,11 @@ import argparse
 import math
 import sys
 import warnings
+from pathlib import Path
 
 from ..attention_processors.config import MAX_BLOCK_SIZE
 from ..errors import CLIError, UsageError
+from ..pipelines.bottleneck_presets import PRESETS
 from .bottleneck import STAGES_HELP, check_bottleneck_args, make_sampler
 from .noise import check_noise_args, make_search_runner
 from .options import MAX_GEN_LENGTH, MAX_SEED, MAX_STEPS, device_and_dtype, positive_int, run_options, seed
@@ -46,6 +48,13 @@ def _density(text: str) -> float:
     return value
 
 
+def _image_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file {text!r}")
+    return path
+
+
 def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
     sub.add_argument("prompt", help="the text prompt")
     sub.add_argument("--model", metavar="ID|PATH", help="hub id or local pipeline folder (default: embedded model)")
@@ -59,6 +68,8 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
     if video:
         sub.add_argument("--frames", type=positive_int("--frames"), help="number of frames (default: the model's)")
         sub.add_argument("--fps", type=positive_int("--fps"), default=8, help="frames per second of the MP4")
+        sub.add_argument("--image", type=_image_file, metavar="FILE",
+                         help="the first frame, for image-to-video models (Wan image-to-video, CogVideoX I2V, ...)")
     sub.add_argument("--guidance-scale", type=_guidance_scale,
                      help="classifier-free guidance scale ≥ 0 (default: the model's)")  # fmt: skip
     sub.add_argument("--negative-prompt", help="negative prompt, for models that take one")
@@ -71,8 +82,7 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
                      help=f"tokens per block, ≤ {MAX_BLOCK_SIZE} (default 128; the embedded default models use 16 "
                      "for images, 64 for videos)")  # fmt: skip
     sub.add_argument("--bottleneck", metavar="PRESET",
-                     help="bottleneck (high-low-high) sampling preset: flux-2x, flux-3x, hunyuanvideo-2.5x, wan-2x, "
-                     "wan-3x, sd3-2x")  # fmt: skip
+                     help=f"bottleneck (high-low-high) sampling preset: {', '.join(PRESETS)}")  # fmt: skip
     sub.add_argument("--bottleneck-stages", metavar="STAGES", help="custom bottleneck stages: " + STAGES_HELP)
     sub.add_argument("--bottleneck-resample", choices=["bicubic-aa", "bilinear-aa", "lanczos", "nearest"],
                      default="bicubic-aa", help="latent resampling between stages (default bicubic-aa)")  # fmt: skip
@@ -204,7 +214,7 @@ def _generate(args: argparse.Namespace, output: object, stages: list | None) -> 
         path = generate_image(pipe, args.prompt, output, **common)
     else:
         frames = args.frames if args.frames is not None else (default.frames if default else None)
-        path = generate_video(pipe, args.prompt, output, frames=frames, fps=args.fps, **common)
+        path = generate_video(pipe, args.prompt, output, frames=frames, fps=args.fps, image=args.image, **common)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from .output import save_image, save_video
+from .output import load_image, save_image, save_video
 
 
 def call_parameters(pipe: object) -> set[str]:
@@ -103,8 +103,9 @@ def generate_image(pipe: object, prompt: str, output: Path, *, steps: int | None
 def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | None = None, fps: int = 8,
                    steps: int | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
                    guidance_scale: float | None = None, negative_prompt: str | None = None,
-                   runner: Callable | None = None) -> Path:  # fmt: skip
-    """Generate a video with a video pipeline (or `runner` in its place) and write it as MP4."""
+                   runner: Callable | None = None, image: Path | None = None) -> Path:  # fmt: skip
+    """Generate a video with a video pipeline (or `runner` in its place), from a first-frame `image` for an
+    image-to-video pipeline, and write it as MP4."""
     if not is_video_pipeline(pipe):
         raise UsageError(f"--model: {type(pipe).__name__} makes images, not videos; use `unbottle image`")
     check_size(pipe, height, width, frames)
@@ -112,6 +113,13 @@ def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | Non
                           guidance_scale=guidance_scale, negative_prompt=negative_prompt)  # fmt: skip
     if frames is not None:
         kwargs["num_frames"] = frames
+    parameter = inspect.signature(type(pipe).__call__).parameters.get("image")
+    if image is not None:
+        if parameter is None:
+            raise UsageError(f"--image: {type(pipe).__name__} is not an image-to-video pipeline; it takes no image")
+        kwargs["image"] = load_image(image)
+    elif parameter is not None and parameter.default is inspect.Parameter.empty:
+        raise UsageError(f"--image: {type(pipe).__name__} is image-to-video; give its first frame with --image FILE")
     video = (runner or pipe)(output_type="np", **kwargs).frames[0]  # (F, H, W, 3) in [0, 1]
     return save_video(video, output, fps=fps)
 

@@ -119,6 +119,15 @@ def to_uint8_frames(frames: object) -> list[np.ndarray]:
     return result
 
 
+def load_image(path: Path) -> Image.Image:
+    """An input image (`--image`), as RGB; a file PIL cannot read is the user's error, named."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UsageError(f"--image: cannot read {str(path)!r} as an image ({type(e).__name__})") from None
+
+
 def save_image(image: object, path: Path) -> Path:
     """Write one image (PIL or array) to `path`; the format follows the suffix."""
     if not isinstance(image, Image.Image):
