@@ -2,7 +2,7 @@
 experts), Qwen-Image, FLUX.2, HunyuanVideo-1.5 and LTX-2, saved with `save_pretrained` into a cache laid out as
 huggingface_hub writes it. The stock run is the pipeline's own call; `--sparse 1.0` and a one-stage
 `--bottleneck-stages` are the stock run, a low density changes it; a `--bottleneck` preset is the sampler's own call;
-`--sparse` reports both Wan 2.2 experts' layers; LTX-2 refuses bottleneck sampling."""
+`--sparse` reports both Wan 2.2 experts' layers."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ MODELS = {
     "tiny/hunyuan-video15": (tiny_hunyuan_video15_pipeline, "video", dict(height=64, width=64, frames=5)),
     "tiny/ltx2": (tiny_ltx2_pipeline, "video", dict(height=64, width=64, frames=9)),
 }
-BOTTLENECK = [repo for repo in MODELS if repo != "tiny/ltx2"]  # LTX-2: no bottleneck sampling
+BOTTLENECK = list(MODELS)
 
 
 def _snapshot(hub: Path, repo: str) -> Path:
@@ -156,15 +156,6 @@ def test_bottleneck_preset_of_a_cached_hub_id_is_the_samplers_call(repo, preset,
     expected = _call(BottleneckSampler.from_preset(_reloaded(repo), preset), repo, steps=None)
     np.testing.assert_array_equal(out, expected)
     assert not np.array_equal(out, _call(_reloaded(repo), repo))
-
-
-def test_ltx2_refuses_bottleneck_sampling_naming_the_option(cache, tmp_path, capsys):
-    out = tmp_path / "x.mp4"
-    assert main(["video", PROMPT, "--model", "tiny/ltx2", "-o", str(out), "--bottleneck-stages", "1:2:1:none"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("unbottle video: error: --bottleneck-stages: unbottle.BottleneckSampler does not support "
-                          "LTX2Pipeline; supported pipelines: "), err  # fmt: skip
-    assert not out.exists()
 
 
 def test_sparse_on_both_wan22_experts_is_reported(cache, tmp_path, capsys):

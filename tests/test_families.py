@@ -97,6 +97,12 @@ SUPPORTED = {
         "HunyuanVideo": ("HunyuanVideoPipeline",), "LTX-Video": ("LTXPipeline",),
         "Wan-I2V": ("WanImageToVideoPipeline",), "HunyuanVideo-1.5": ("HunyuanVideo15Pipeline",),
         "QwenImage": ("QwenImagePipeline",), "Flux2": ("Flux2Pipeline", "Flux2KleinPipeline"),
+        "LTX-2": ("LTX2Pipeline",), "Wan-VACE": ("WanVACEPipeline",), "SkyReels-V2": ("SkyReelsV2Pipeline",),
+        "ChronoEdit": ("ChronoEditPipeline",), "HunyuanImage": ("HunyuanImagePipeline",),
+        "Kandinsky5": ("Kandinsky5T2VPipeline",), "Chroma": ("ChromaPipeline",), "AuraFlow": ("AuraFlowPipeline",),
+        "CogView4": ("CogView4Pipeline",), "Lumina2": ("Lumina2Pipeline",), "ZImage": ("ZImagePipeline",),
+        "Bria": ("BriaPipeline",), "OvisImage": ("OvisImagePipeline",), "EasyAnimate": ("EasyAnimatePipeline",),
+        "HiDreamImage": ("HiDreamImagePipeline",),
     },
     "noise": {
         "StableDiffusion": ("StableDiffusionPipeline",), "SDXL": ("StableDiffusionXLPipeline",),
@@ -104,11 +110,17 @@ SUPPORTED = {
         "Flux": ("FluxPipeline",), "Wan": ("WanPipeline",),
         "Wan-I2V": ("WanImageToVideoPipeline",), "HunyuanVideo-1.5": ("HunyuanVideo15Pipeline",),
         "QwenImage": ("QwenImagePipeline",), "Flux2": ("Flux2Pipeline", "Flux2KleinPipeline"),
-        "LTX-2": ("LTX2Pipeline",),
+        "LTX-2": ("LTX2Pipeline",), "Wan-VACE": ("WanVACEPipeline",), "SkyReels-V2": ("SkyReelsV2Pipeline",),
+        "ChronoEdit": ("ChronoEditPipeline",), "HunyuanImage": ("HunyuanImagePipeline",),
+        "Chroma": ("ChromaPipeline",), "AuraFlow": ("AuraFlowPipeline",), "CogView4": ("CogView4Pipeline",),
+        "Lumina2": ("Lumina2Pipeline",), "ZImage": ("ZImagePipeline",), "Bria": ("BriaPipeline",),
+        "OvisImage": ("OvisImagePipeline",), "EasyAnimate": ("EasyAnimatePipeline",),
     },
     "guidance": {
         "StableDiffusion": ("StableDiffusionPipeline",), "SDXL": ("StableDiffusionXLPipeline",),
         "PixArt": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"), "Wan": ("WanPipeline",),
+        "Wan-VACE": ("WanVACEPipeline",), "SkyReels-V2": ("SkyReelsV2Pipeline",), "Allegro": ("AllegroPipeline",),
+        "Latte": ("LattePipeline",), "Cosmos": ("Cosmos2TextToImagePipeline",),
     },
 }  # fmt: skip
 PIPELINES = sorted({p for f in SUPPORTED.values() for ps in f.values() for p in ps} | {"CogVideoXPipeline"})
@@ -161,10 +173,10 @@ def test_unsupported_pipeline_lists_only_the_families_of_that_feature():
     message = str(info.value)
     assert "does not support PixArtSigmaPipeline" in message and HOW in message
     listed = message.split("supported pipelines: ")[1].split(";")[0]
-    assert listed == ("Flux (FluxPipeline), SD3 (StableDiffusion3Pipeline), Wan (WanPipeline), "
-                      "HunyuanVideo (HunyuanVideoPipeline), LTX-Video (LTXPipeline), "
-                      "Wan-I2V (WanImageToVideoPipeline), HunyuanVideo-1.5 (HunyuanVideo15Pipeline), "
-                      "QwenImage (QwenImagePipeline), Flux2 (Flux2Pipeline/Flux2KleinPipeline)")  # fmt: skip
+    pairs = re.findall(r"([\w.-]+) \(([\w/]+)\)", listed)  # "Family (APipeline/BPipeline)", in registry order
+    assert ", ".join(f"{n} ({c})" for n, c in pairs) == listed
+    assert {n: tuple(c.split("/")) for n, c in pairs} == SUPPORTED["bottleneck"]
+    assert [n for n, _ in pairs][:5] == ["Flux", "SD3", "Wan", "HunyuanVideo", "LTX-Video"]  # the built-ins first
 
 
 def test_lookup_for_any_feature():
@@ -238,10 +250,10 @@ def test_every_feature_sees_a_registered_family():
     mine = Family("Mine", ("MyModel",), ("MyPipeline",), latents=WAN.latents, prompt=WAN.prompt, flow_matching=True)
     unbottle.register_family(mine)
     assert family_for_pipeline(bare(type("MyPipeline", (), {})), "bottleneck") is mine
-    flux2 = r"Flux2 \(Flux2Pipeline/Flux2KleinPipeline\)"
-    with pytest.raises(UnsupportedModelError, match=rf"{flux2}, Mine \(MyPipeline\); to add"):
+    last = r"EasyAnimate \(EasyAnimatePipeline\)"  # the last built-in, then the user's
+    with pytest.raises(UnsupportedModelError, match=rf"{last}, Mine \(MyPipeline\); to add"):
         unbottle.BottleneckSampler(bare(diffusers.PixArtSigmaPipeline), [unbottle.Stage(1.0, 2)])
-    with pytest.raises(UnsupportedModelError, match=rf"{flux2}, Mine \(MyPipeline\)\. iterations=0"):
+    with pytest.raises(UnsupportedModelError, match=rf"{last}, Mine \(MyPipeline\)\. iterations=0"):
         unbottle.NoiseSearch(bare(diffusers.CogVideoXPipeline), {"a": (torch.nn.Identity(), 1.0)}, iterations=1)
 
 

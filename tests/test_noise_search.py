@@ -162,6 +162,19 @@ def test_flux_noise_is_packed_and_wan_noise_is_a_video_grid(pipes):
     assert noise.shape == (1, 16, 2, 32 // 8, 32 // 8)  # (B, C, 1 + (5 − 1)/4, h, w)
 
 
+def test_wan_noise_rounds_the_frames_as_the_pipeline_does(pipes):
+    wan = pipes("wan")
+    seen = []
+    hook = wan.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k["hidden_states"]), with_kwargs=True)
+    call = dict(CALL["wan"], num_frames=8, num_inference_steps=1)  # not 4k + 1: WanPipeline makes it 9
+    try:
+        wan(PROMPT, generator=seed(3), output_type="latent", **call)
+    finally:
+        hook.remove()
+    noise, _ = draw_noise(wan, noise_family(wan), call, 3, torch.float32)
+    torch.testing.assert_close(noise, seen[0][:1].float(), atol=0, rtol=0)  # (1, 16, 3, 4, 4): the pipeline's noise
+
+
 # ---- exploration ----------------------------------------------------------------------------------------------------
 
 

@@ -1,10 +1,12 @@
 """LTX-2 (`LTX2Pipeline`, LTX-2.3 layout, audio + video): sparse attention on the video self-attention through the
 pipeline's CFG, spatio-temporal guidance (perturbed attention skips block 1's) and modality passes (stock at density
 1 and with every block kept, changed at low density, the 3×4×4 layout on every call, disable restores the
-processors); bottleneck sampling refuses the pipeline; noise search optimizes the video noise: the drawn noise is the
-stock one, the audio noise is reproducible (drawn after LTX-2's re-noising draw, or passed as `audio_latents=`), the
-differentiable call equals the stock call and one step has a finite gradient."""
+processors); bottleneck sampling carries the audio from stage to stage (one stage is stock, a later stage gets the
+resized video x̂0 and the audio x̂0 clean with noise_scale = its strength); noise search optimizes the video noise:
+the drawn noise is the stock one, the audio noise is reproducible (drawn after LTX-2's re-noising draw, or passed as
+`audio_latents=`), the differentiable call equals the stock call and one step has a finite gradient."""
 
+import functools
 from types import SimpleNamespace
 
 import pytest
@@ -13,8 +15,9 @@ from diffusers.models.attention_dispatch import attention_backend
 
 import unbottle
 from unbottle.attention_processors import processor as processor_module
-from unbottle.families import TokenLayout, UnsupportedModelError, family_for_model, family_for_pipeline
+from unbottle.families import TokenLayout, family_for_model, family_for_pipeline
 from unbottle.pipelines.noise_search import differentiable_call, draw_noise
+from unbottle.pipelines.resample import resize_latents
 from unbottle.testing.ltx2 import tiny_ltx2_pipeline
 
 PROMPT = "a red circle left of a blue square"
@@ -162,10 +165,38 @@ def test_a_backend_that_bypasses_sdpa_is_still_refused(pipe):
 # ---- bottleneck sampling -------------------------------------------------------------------------------------------
 
 
-def test_bottleneck_sampling_refuses_the_pipeline(pipe):
-    # a later stage would hand on only the video latents: the audio would restart from fresh noise at σ < 1
-    with pytest.raises(UnsupportedModelError, match="BottleneckSampler does not support LTX2Pipeline"):
-        unbottle.BottleneckSampler(pipe, [unbottle.Stage(scale=1.0, steps=2)])
+def test_one_stage_is_the_stock_call_video_and_audio(pipe, stock):
+    stage = unbottle.Stage(scale=1.0, steps=CALL["num_inference_steps"], strength=1.0, shift=None)
+    call = {k: v for k, v in CALL.items() if k != "num_inference_steps"}
+    out = unbottle.BottleneckSampler(pipe, [stage])(PROMPT, generator=seeded(0), output_type="pt", **call)
+    assert torch.equal(out.frames, stock.frames) and torch.equal(out.audio, stock.audio)
+
+
+def test_a_later_stage_gets_the_resized_video_and_the_audio_clean_with_its_strength(pipe, monkeypatch):
+    stages = [unbottle.Stage(scale=0.5, steps=2, strength=1.0, shift=3.0),
+              unbottle.Stage(scale=1.0, steps=2, strength=0.7, shift=3.0)]  # fmt: skip
+    call = {k: v for k, v in CALL.items() if k != "num_inference_steps"} | {"height": 128, "width": 128}
+    seen, stock_call = [], type(pipe).__call__
+
+    @functools.wraps(stock_call)
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs)
+        out = stock_call(self, *args, **kwargs)
+        seen[-1] = dict(kwargs, _out=out)
+        return out
+
+    monkeypatch.setattr(type(pipe), "__call__", spy)
+    out = unbottle.BottleneckSampler(pipe, stages)(PROMPT, generator=seeded(0), output_type="pt", **call)
+    first, second = seen
+    video, audio = first["_out"]  # stage 1's x̂0: video (B, C, F', h, w) denormalized, audio (B, C, L, M)
+    assert first["height"] == 64 and "noise_scale" not in first and "audio_latents" not in first
+    assert second["height"] == 128 and second["noise_scale"] == 0.7
+    assert second["audio_latents"] is audio and tuple(audio.shape) == AUDIO  # the audio keeps its length
+    latents = family_for_pipeline(pipe, "bottleneck").latents
+    grid = latents.to_grid(pipe, video, 64, 64, call["num_frames"])  # normalized (B, C, F', 2, 2)
+    resized = resize_latents(grid, latents.latent_size(pipe, 128, 128), "bicubic-aa").to(grid.dtype)
+    torch.testing.assert_close(second["latents"], latents.from_grid(pipe, resized), atol=0, rtol=0)  # clean
+    assert out.frames.shape[-2:] == (128, 128)
 
 
 # ---- latents and noise search --------------------------------------------------------------------------------------

@@ -98,6 +98,13 @@ class Latents:
     float32_noise: bool = False  # noise drawn in float32 whatever the weights (Wan); else in the embeddings' dtype
     resolution_bins: Callable[[object], dict | None] | None = None  # aspect-ratio bins `use_resolution_binning`
     # maps the size to (PixArt), or None when the pipeline has none for its sample size
+    renoise_arg: str | None = None  # the __call__ keyword by which the pipeline itself noises the latents it is given
+    # to a strength w, (1 − w)·x + w·ε (LTX-2's noise_scale): a bottleneck stage then passes its latents clean
+    carried: tuple[tuple[int, str], ...] = ()  # (output index, __call__ keyword): latent outputs of a stage handed as
+    # they are to the next (LTX-2's audio latents, which keep their size), noised by `renoise_arg` with the video
+    stage_attributes: Callable[[object, int, int], dict[str, object]] | None = None  # (pipe, height, width) → the
+    # pipeline attributes under which a call renders at height × width, set around each bottleneck stage and restored
+    # after (HiDream rescales every size to the area of its default_sample_size)
 
     def __post_init__(self) -> None:
         _callable("Latents", "vae_factor", self.vae_factor)
@@ -105,8 +112,20 @@ class Latents:
         _positive_int("Latents", "size_multiple", self.size_multiple)
         for name in ("to_grid", "from_grid"):
             _callable("Latents", name, getattr(self, name))
-        for name in ("noise_grid", "default_size", "resolution_bins"):
+        for name in ("noise_grid", "default_size", "resolution_bins", "stage_attributes"):
             _callable("Latents", name, getattr(self, name), optional=True)
+        renoise = self.renoise_arg
+        if renoise is not None and (not isinstance(renoise, str) or not renoise.isidentifier()):
+            raise ValueError(f"Latents.renoise_arg must name a __call__ argument or be None, got {self.renoise_arg!r}")
+        if not isinstance(self.carried, tuple) or not all(
+            isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], int) and c[0] >= 1 and isinstance(c[1], str)
+            and c[1].isidentifier() for c in self.carried
+        ):  # fmt: skip
+            raise ValueError(
+                f"Latents.carried must be a tuple of (output index ≥ 1, __call__ keyword) pairs, got {self.carried!r}"
+            )
+        if self.carried and self.renoise_arg is None:
+            raise ValueError("Latents.carried needs Latents.renoise_arg: the pipeline must noise what it is handed")
 
     def multiple(self, pipe: object) -> int:
         """Granularity of a height/width in pixels: VAE factor × patch size (× packing), as the pipeline needs."""

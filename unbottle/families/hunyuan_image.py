@@ -1,10 +1,12 @@
-"""HunyuanImage 2.1 (HunyuanImageTransformer2DModel): joint attention, image tokens first, then the text."""
+"""HunyuanImage 2.1 (HunyuanImageTransformer2DModel, HunyuanImagePipeline): joint attention, image tokens first, then
+the text; latents (B, C, h, w) at the VAE's ×32, one token per latent position."""
 
 from __future__ import annotations
 
 import torch
 
-from .family import Family, SelfAttention
+from .family import Family, Latents, PromptEncoding, SelfAttention
+from .latents import image_noise, image_vae, sample_size_default
 from .layout import TokenLayout
 
 
@@ -23,5 +25,13 @@ def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
 HUNYUAN_IMAGE = Family(
     "HunyuanImage",
     model_classes=("HunyuanImageTransformer2DModel",),
+    pipeline_classes=("HunyuanImagePipeline",),  # the base pipeline; the refiner re-noises an image it is given
     attention=SelfAttention(r"^(single_)?transformer_blocks\.\d+\.attn$", _layout),  # not the text refiner's
+    latents=Latents(video=False, vae_factor=image_vae, noise_grid=image_noise, default_size=sample_size_default),
+    # encode_prompt → Qwen2.5-VL and ByT5 (glyph text) embeddings with masks; its guider's unconditional branch: the
+    # negative through a second call
+    prompt=PromptEncoding(("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2"),
+                          separate_negative=True),  # fmt: skip
+    flow_matching=True,
+    stock_steps=50,
 )

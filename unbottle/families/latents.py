@@ -16,9 +16,11 @@ def call_default(pipe: object, name: str) -> object:
 def patch_size(pipe: object) -> tuple[int, int, int]:
     """(time, height, width) patch of the pipeline's transformer."""
     config = pipe.transformer.config
+    if "patch_size" not in config and "all_patch_size" in config:  # Z-Image: its first patch sizes, the forward's
+        return int(config.all_f_patch_size[0]), int(config.all_patch_size[0]), int(config.all_patch_size[0])
     p = config.patch_size
     if isinstance(p, (tuple, list)):
-        return tuple(int(x) for x in p)
+        return tuple(int(x) for x in p) if len(p) == 3 else (1, int(p[0]), int(p[1]))  # (ph, pw): HunyuanImage
     return int(getattr(config, "patch_size_t", 1) or 1), int(p), int(p)
 
 
@@ -59,6 +61,17 @@ def video_noise(pipe: object, height: int, width: int, frames: int | None) -> tu
     """(C, F', h, w) of one video sample's noise, F' the causal VAE's latent frames."""
     s = video_vae(pipe)
     return pipe.transformer.config.in_channels, latent_frames(pipe, frames), height // s, width // s
+
+
+def rounded_video_noise(pipe: object, height: int, width: int, frames: int | None) -> tuple[int, ...]:
+    """(C, F', h, w) of one sample's noise for Wan-style text-to-video pipelines: the transformer's input channels,
+    with the pipeline's own rounding of num_frames to k·temporal + 1."""
+    temporal = pipe.vae_scale_factor_temporal
+    if frames % temporal != 1:
+        frames = frames // temporal * temporal + 1
+    frames = max(frames, 1)
+    s = video_vae(pipe)
+    return pipe.transformer.config.in_channels, (frames - 1) // temporal + 1, height // s, width // s
 
 
 def sample_size_default(pipe: object) -> tuple[int, int]:

@@ -19,6 +19,8 @@ def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
     return TokenLayout((1, h, w) if h * w == n else None, text_length(bound), text_first=True)
 
 
+# no pipeline parts: LongCatImagePipeline cannot take an encoded prompt (its encode_prompt takes len(prompt) of the
+# prompt=None that check_inputs demands beside prompt_embeds), and bottleneck sampling and noise search pass one
 LONGCAT_IMAGE = Family(
     "LongCat-Image",
     model_classes=("LongCatImageTransformer2DModel",),

@@ -1,5 +1,5 @@
 """LTX-2 (LTX2VideoTransformer3DModel, LTX2Pipeline): audio-video; sparse on the video self-attention, video tokens
-only; noise search on the video noise.
+only; bottleneck sampling with the audio carried across stages; noise search on the video noise.
 
 `LTX2Pipeline` draws two noises from its generator, in this order: the video latents (B, C, F', h, w), then the audio
 latents (B, C_a, L, M), whose length L follows num_frames and frame_rate, not the size. It takes `latents=` as packed
@@ -61,13 +61,15 @@ LTX2 = Family(
     # video self-attention only: the audio stream's self-attention (a short 1-D sequence) and the text and
     # audio↔video cross-attentions stay dense
     attention=SelfAttention(r"^transformer_blocks\.\d+\.attn1$", _layout),
+    # bottleneck stages hand the pipeline the resized video x̂0 and the audio x̂0 (which keeps its length) clean, and
+    # `noise_scale` = the next stage's strength: the pipeline noises both itself, in its normalized latent space
     latents=Latents(video=True, vae_factor=video_vae, size_multiple=32, to_grid=to_grid, from_grid=pack,
-                    noise_grid=_noise, default_size=signature_size_default, float32_noise=True),  # fmt: skip
+                    noise_grid=_noise, default_size=signature_size_default, float32_noise=True,
+                    renoise_arg="noise_scale", carried=((1, "audio_latents"),)),  # fmt: skip
     prompt=PromptEncoding(
         ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask")
     ),
-    # no bottleneck sampling (flow_matching stays False): a stage passes on only `latents=`, so each later stage's
-    # audio would restart from fresh noise on a σ grid that starts at the stage's strength < 1
     # no structured guidance: the text reaches the denoiser through the connectors, not token for token
+    flow_matching=True,
     stock_steps=30,
 )

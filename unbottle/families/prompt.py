@@ -36,11 +36,12 @@ def text_keywords(pipe: object) -> set[str]:
 
 
 def encoded_keywords(pipe: object) -> set[str]:
-    """`__call__` keywords an encoding replaces: prompts, their embeddings (and negatives), per-prompt counts."""
+    """`__call__` keywords an encoding replaces: prompts, their embeddings (and negatives), and the per-prompt count
+    where `encode_prompt` repeats by it (else the call repeats the encoding itself: Z-Image)."""
     keep = {"device", "dtype", "do_classifier_free_guidance", "lora_scale", "max_sequence_length", "clip_skip",
             "prompt_template"}  # fmt: skip
     names = set(encode_parameters(pipe)) - keep
-    return names | {f"negative_{n}" for n in names} | set(PER_PROMPT)
+    return names | {f"negative_{n}" for n in names}
 
 
 def _arguments(pipe: object, kwargs: dict, params: dict, call: dict, guided: bool) -> dict:
@@ -66,6 +67,14 @@ def _call_default(call: dict, name: str) -> object:
     return call[name].default if name in call else None
 
 
+def _prompt_count(kwargs: dict) -> int:
+    """The number of prompts of a call: its prompt list's length, else its `prompt_embeds`' batch, else 1."""
+    prompt, embeds = kwargs.get("prompt"), kwargs.get("prompt_embeds")
+    if isinstance(prompt, list):
+        return len(prompt)
+    return int(embeds.shape[0]) if prompt is None and isinstance(embeds, torch.Tensor) else 1
+
+
 def _guider_cfg(pipe: object) -> bool:
     """Whether the pipeline's diffusers guider (HunyuanVideo-1.5) runs an unconditional branch, as it checks."""
     guider = getattr(pipe, "guider", None)
@@ -80,6 +89,8 @@ def encode_prompt_once(
     keyword → tensor (None results left out)."""
     params = encode_parameters(pipe)
     call = inspect.signature(type(pipe).__call__).parameters
+    if "batch_size" in params and "batch_size" not in kwargs:  # the prompt count, as the stock `__call__` passes it
+        kwargs = dict(kwargs, batch_size=_prompt_count(kwargs))
     guided = always_negative or (
         "do_classifier_free_guidance" in params
         and kwargs.get("guidance_scale", _call_default(call, "guidance_scale")) > 1
@@ -88,7 +99,8 @@ def encode_prompt_once(
                    strict=True))  # fmt: skip
     given = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
     if encoding.separate_negative and given:  # true CFG: the negatives through a second `encode_prompt` call
-        scale = kwargs.get("true_cfg_scale", _call_default(call, "true_cfg_scale"))
+        cfg = "true_cfg_scale" if "true_cfg_scale" in call else "guidance_scale"  # Kandinsky 5: CFG on guidance_scale
+        scale = kwargs.get(cfg, _call_default(call, cfg))
         if always_negative or (scale is not None and scale > 1) or _guider_cfg(pipe):
             # the negative call: each `negative_x` keyword in place of `x`, the other settings as for the prompt
             negative = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}

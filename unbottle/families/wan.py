@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .family import CrossAttentionText, Family, Latents, PromptEncoding, SelfAttention
-from .latents import signature_size_default, video_noise, video_vae
+from .latents import rounded_video_noise, signature_size_default, video_vae
 from .layout import TokenLayout, video_grid
 
 
@@ -51,7 +51,7 @@ WAN = Family(
     model_classes=("WanTransformer3DModel",),
     pipeline_classes=("WanPipeline",),
     attention=SelfAttention(r"^blocks\.\d+\.attn1$", _layout, read_timestep=_timestep),
-    latents=Latents(video=True, vae_factor=video_vae, size_multiple=16, noise_grid=video_noise,
+    latents=Latents(video=True, vae_factor=video_vae, size_multiple=16, noise_grid=rounded_video_noise,
                     default_size=signature_size_default, float32_noise=True),  # fmt: skip
     prompt=PromptEncoding(("prompt_embeds", "negative_prompt_embeds")),
     guidance=CrossAttentionText(

@@ -1,5 +1,5 @@
 """Wan-Animate (WanAnimateTransformer3DModel): self-attention over the video tokens (reference frame first, pose
-added in place); the face adapters are cross-attention and stay dense."""
+added in place); the face adapters are cross-attention and stay dense. Sparse attention only (see the record)."""
 
 from __future__ import annotations
 
@@ -17,4 +17,7 @@ WAN_ANIMATE = Family(
     "Wan-Animate",
     model_classes=("WanAnimateTransformer3DModel",),
     attention=SelfAttention(r"^blocks\.\d+\.attn1$", _layout),
+    # no bottleneck sampling or noise search: WanAnimatePipeline draws fresh noise for every segment after the first
+    # (`latents=` reaches only the first), returns only the last segment's latents, and takes no `sigmas=`
+    # no structured guidance: its cross-attention sees [image tokens, text] joined inside the forward
 )

@@ -8,10 +8,12 @@ Feng et al. 2023, "Training-Free Structured Diffusion Guidance" (arXiv 2212.0503
    (rows equal to the kept prompt embeddings; the unconditional half never matches) and hands their stacks, mapped
    through the model's own per-token caption projection where it has one, to the processors;
 3. installs a `StructuredCrossAttnProcessor` around each cross-attention module's processor (the originals are kept
-   and the same objects restored on disable). Self-attention is untouched.
+   and the same objects restored on disable; a denoiser without diffusers' AttentionMixin, such as Allegro, Latte or
+   Cosmos, is reached through each module's get/set_processor). Self-attention is untouched.
 Supported: the families of the family registry with a `guidance` part: UNet Stable Diffusion 1.x/2.x and SDXL (both
 text encoders: a phrase is encoded by the pipeline's own `encode_prompt`, which concatenates the two encoders' token
-states, and spliced into both halves at once), PixArt-α/Σ and Wan text-to-video pipelines.
+states, and spliced into both halves at once), PixArt-α/Σ, Wan text-to-video, Allegro, Latte and Cosmos-Predict2
+text-to-image pipelines.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..attention_processors.enable import attention_processors, set_attention_processors
 from ..families import CrossAttentionText, family_for_pipeline
 from .embeddings import prompt_structure
 from .phrases import PARSERS
@@ -96,7 +99,8 @@ def _wrap_encode_prompt(pipe: Any, family: CrossAttentionText, handle: Structure
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cond = out[0]  # (N, L, C), N = len(prompts) × per-prompt count
         repeat = arguments.get(per_prompt, 1) if per_prompt else 1
-        max_length = arguments.get(family.max_length_arg) if family.max_length_arg else None
+        limit = arguments.get(family.max_length_arg) if family.max_length_arg else None
+        max_length = _token_budget(pipe.tokenizer, limit, cond.shape[1])
 
         def encode(phrases: list[str]) -> torch.Tensor:  # (k, L', C) through the pipeline's own path
             overrides = {"prompt": phrases, "do_classifier_free_guidance": False, "prompt_embeds": None,
@@ -119,13 +123,23 @@ def _wrap_encode_prompt(pipe: Any, family: CrossAttentionText, handle: Structure
     return encode_prompt
 
 
+def _token_budget(tokenizer: Any, limit: int | None, length: int) -> int:
+    """Tokens of a prompt the pipeline keeps: its own limit (else the tokenizer's), at most the L rows it encodes to
+    (Latte keeps at most 120 tokens, and for one prompt only as many rows as it has tokens)."""
+    if limit is None:
+        limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < length else length
+
+
 def _plan(
     handle: StructuredGuidanceHandle, family: CrossAttentionText, encoder_hidden_states: Any
 ) -> StructuredPlan | None:
-    stash = handle.stash
-    if stash is None or not isinstance(encoder_hidden_states, torch.Tensor) or encoder_hidden_states.dim() != 3:
+    stash, ehs = handle.stash, encoder_hidden_states
+    if isinstance(ehs, torch.Tensor) and ehs.dim() == 4 and ehs.shape[1] == 1:
+        ehs = ehs[:, 0]  # (B, 1, L, C) → (B, L, C): Allegro's pipeline adds a singleton axis
+    if stash is None or not isinstance(ehs, torch.Tensor) or ehs.dim() != 3:
         return None
-    ehs, n = encoder_hidden_states, stash.cond.shape[0]
+    n = stash.cond.shape[0]
     if ehs.shape[0] % n or ehs.shape[1:] != stash.cond.shape[1:]:
         return None
     key = (ehs.dtype, ehs.device)
@@ -144,7 +158,7 @@ def _plan(
         for b in range(ehs.shape[0])
         if stash.projected[key][b % n][0].shape[0] > 1 and torch.equal(ehs[b], cond[b % n])
     }
-    return StructuredPlan(rows) if rows else None
+    return StructuredPlan(rows, ehs.shape[0]) if rows else None
 
 
 def _cross_attention_names(model: torch.nn.Module) -> set[str]:
@@ -162,14 +176,14 @@ def enable_structured_guidance(pipe: Any, parser: str = "auto", mode: str = "ave
     names = _cross_attention_names(model)
     if not names:
         raise ValueError(f"found no cross-attention module in {type(model).__name__} for structured guidance")
-    originals = dict(model.attn_processors)
+    originals = dict(attention_processors(model))
     state = StructuredState()
     handle = StructuredGuidanceHandle(pipe, model, options, originals, state, pipe.__dict__.get("encode_prompt"))
     processors = {
         key: StructuredCrossAttnProcessor(proc, state, mode) if key.removesuffix(".processor") in names else proc
         for key, proc in originals.items()
     }
-    model.set_attn_processor(processors)
+    set_attention_processors(model, processors)
 
     def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
@@ -193,7 +207,7 @@ def disable_structured_guidance(pipe: Any) -> None:
     handle: StructuredGuidanceHandle | None = getattr(model, HANDLE_ATTR, None)
     if handle is None:
         return
-    model.set_attn_processor(handle.originals)
+    set_attention_processors(model, handle.originals)
     for hook in handle.hooks:
         hook.remove()
     if handle.encode_prompt is None:

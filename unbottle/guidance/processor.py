@@ -30,6 +30,8 @@ class StructuredPlan:
     """Per denoiser call: conditional row index → (stack (1 + k, L, C), single-spliced copy (L, C)), module space."""
 
     rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    batch: int | None = None  # the denoiser call's batch B; a module seeing a batch B·r sees each row r times in place
+    # (Latte's spatial blocks: one row per frame, repeat_interleave), so its rows b·r … b·r + r − 1 are row b's
 
 
 @dataclass
@@ -101,21 +103,25 @@ class StructuredCrossAttnProcessor:
 
     def __call__(
         self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None, *args, **kwargs,
+        attention_mask: torch.Tensor | None = None, *args, image_rotary_emb: object = None, **kwargs,
     ) -> torch.Tensor:  # fmt: skip
+        if image_rotary_emb is not None:  # named, so that diffusers hands it over (Allegro's cross-attention names it)
+            kwargs["image_rotary_emb"] = image_rotary_emb
         out = self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)  # stock
         plan = self.state.plan
         if plan is None or not plan.rows or encoder_hidden_states is None:
             return out
         batch = hidden_states.shape[0]
+        per = batch // plan.batch if plan.batch and batch % plan.batch == 0 else 1  # module rows per call row
         out = out.clone()
         for b, (stack, single) in plan.rows.items():
-            if b >= batch or stack.shape[0] < 2:
+            if stack.shape[0] < 2:
                 continue
-            row_args = [_row(value, b, batch) for value in args]
-            row_kwargs = {key: _row(value, b, batch) for key, value in kwargs.items()}
-            out[b : b + 1] = self.structured_row(
-                attn, hidden_states[b : b + 1], encoder_hidden_states[b : b + 1], stack, single,
-                _row(attention_mask, b, batch), *row_args, **row_kwargs,
-            )  # fmt: skip
+            for r in range(b * per, min((b + 1) * per, batch)):
+                row_args = [_row(value, r, batch) for value in args]
+                row_kwargs = {key: _row(value, r, batch) for key, value in kwargs.items()}
+                out[r : r + 1] = self.structured_row(
+                    attn, hidden_states[r : r + 1], encoder_hidden_states[r : r + 1], stack, single,
+                    _row(attention_mask, r, batch), *row_args, **row_kwargs,
+                )  # fmt: skip
         return out

@@ -168,6 +168,23 @@ class BottleneckSampler:
         finally:
             self.pipe.scheduler = own
 
+    @contextlib.contextmanager
+    def _attributes(self, plan: StagePlan) -> Iterator[None]:
+        """Run the pipeline under the attributes its family sets for a call at the stage's size, restored after."""
+        attributes = self.family.latents.stage_attributes
+        if attributes is None:
+            yield
+            return
+        values = attributes(self.pipe, plan.height, plan.width)
+        own = {name: getattr(self.pipe, name) for name in values}
+        for name, value in values.items():
+            setattr(self.pipe, name, value)
+        try:
+            yield
+        finally:
+            for name, value in own.items():
+                setattr(self.pipe, name, value)
+
     # -- generation -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, height: int | None = None, width: int | None = None,
@@ -198,18 +215,28 @@ class BottleneckSampler:
                 call["latents"] = latents
             if not last:
                 call.update(output_type="latent", return_dict=False)
-            with self._schedule(plan.sigmas):
+            with self._schedule(plan.sigmas), self._attributes(plan):
                 out = pipe(**call)
             if last:
                 return out
             x0 = family.latents.to_grid(pipe, out[0], plan.height, plan.width, frames)  # x̂0: (B, C, [F,] h, w)
-            latents = family.latents.from_grid(pipe, self._renoise(x0, plans[i + 1], generator))
+            after = plans[i + 1]
+            if family.latents.renoise_arg is None:
+                latents = family.latents.from_grid(pipe, self._renoise(x0, after, generator))
+            else:  # the pipeline noises what it is handed (all its latents, carried ones too) to the strength itself
+                latents = family.latents.from_grid(pipe, self._resize(x0, after).to(x0.dtype))
+                common[family.latents.renoise_arg] = after.stage.strength
+                common.update({keyword: out[index] for index, keyword in family.latents.carried})
         raise AssertionError("unreachable: the last stage returns")
+
+    def _resize(self, x0: torch.Tensor, plan: StagePlan) -> torch.Tensor:
+        """x̂0 resized to the next stage's latent size, in float32: (B, C, [F,] h', w')."""
+        size = self.family.latents.latent_size(self.pipe, plan.height, plan.width)
+        return resize_latents(x0, size, self.resample).float()
 
     def _renoise(self, x0: torch.Tensor, plan: StagePlan, generator: object) -> torch.Tensor:
         """x̂0 resized to the next stage, then noised to its strength w: (1 − w)·x̂0 + w·ε, ε ~ N(0, I) seeded."""
-        size = self.family.latents.latent_size(self.pipe, plan.height, plan.width)
-        resized = resize_latents(x0, size, self.resample).float()  # (B, C, [F,] h', w')
+        resized = self._resize(x0, plan)  # (B, C, [F,] h', w')
         noise = randn_tensor(resized.shape, generator=generator, device=resized.device, dtype=torch.float32)
         w = plan.stage.strength
         return ((1.0 - w) * resized + w * noise).to(x0.dtype)  # the pipeline's own latent dtype

@@ -77,3 +77,7 @@ class StageScheduler(FlowMatchEulerDiscreteScheduler):
     ) -> None:  # fmt: skip
         """The stage's grid, whatever is asked (the pipeline's step count, its own sigmas or μ are all the stage's)."""
         super().set_timesteps(sigmas=list(self.stage_grid), device=device)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: object = None) -> torch.Tensor:
+        """The sample as it is (flow matching scales nothing; Bria calls this on any scheduler not exactly Euler's)."""
+        return sample
