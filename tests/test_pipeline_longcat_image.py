@@ -4,20 +4,16 @@ take an encoded prompt (which both pass); noise exploration (best of N seeds) ru
 
 from __future__ import annotations
 
-import numpy as np
+import pipeline_checks as checks
 import pytest
-import torch
+from pipeline_checks import PROMPT, Channel, seed
 
 import unbottle
 from unbottle.families import UnsupportedModelError, family_for_model, family_for_pipeline, family_named
 from unbottle.testing.longcat_image import tiny_longcat_image_pipeline
 
-PROMPT = "a red circle left of a blue square"
 # 32×32 px → 16×16 latents → 64 packed tokens; the prompt rewrite needs a text processor the tiny pipeline lacks
 CALL = dict(height=32, width=32, enable_prompt_rewrite=False)
-DENSE = unbottle.SparseAttentionConfig(density=1.0, block_size=8, full_steps=1)
-EVERY_BLOCK = unbottle.SparseAttentionConfig(density=0.9999, block_size=8, full_steps=1, refresh_every=0,
-                                             reshape=False)  # fmt: skip
 LAYERS = {"transformer_blocks.0.attn", "single_transformer_blocks.0.attn"}
 
 
@@ -34,31 +30,8 @@ def _always_disable(pipe):
     unbottle.disable_sparse_attention(pipe)  # a failing test must not leave sparse attention on the shared pipeline
 
 
-def seed(s=0):
-    return torch.Generator().manual_seed(s)
-
-
-def stock(pipe, prompt=PROMPT, steps=2, s=0, output_type="np", **kwargs):
-    return pipe(prompt, num_inference_steps=steps, generator=seed(s), output_type=output_type,
-                **{**CALL, **kwargs}).images  # fmt: skip
-
-
-def max_diff(a, b):
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
-
-
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a simple reward, already in [0, 1]."""
-
-    def __init__(self, channel: int = 0) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (B,)
-
-    def unit(self, scores):
-        return scores
+def stock(pipe, prompt=PROMPT, **kwargs):
+    return checks.stock(pipe, prompt, call=CALL, **kwargs)
 
 
 # -- the family record ---------------------------------------------------------------------------------------------
@@ -96,35 +69,9 @@ def test_noise_exploration_scores_the_stock_images_of_its_seeds(pipe):
 
 # -- sparse attention through the pipeline -----------------------------------------------------------------------
 def test_sparse_attention_at_density_one_is_stock_and_disable_restores_the_processors(pipe):
-    base = stock(pipe)
-    originals = dict(pipe.transformer.attn_processors)
-    handle = unbottle.enable_sparse_attention(pipe, DENSE)
-    try:
-        current = pipe.transformer.attn_processors
-        wrapped = {k for k, p in current.items() if isinstance(p, unbottle.SparseAttnProcessor)}
-        assert wrapped == {f"{name}.processor" for name in LAYERS}
-        out = stock(pipe)
-    finally:
-        unbottle.disable_sparse_attention(pipe)
-    assert handle.pattern_computations == {}  # density 1.0: the stock attention, no pattern
-    assert max_diff(out, base) <= 1e-5
-    after = pipe.transformer.attn_processors
-    assert after.keys() == originals.keys() and all(after[k] is p for k, p in originals.items())
+    checks.check_sparse_density_one(pipe, stock, LAYERS)
 
 
 def test_sparse_path_keeping_every_block_matches_stock_and_a_low_density_does_not(pipe):
-    base = stock(pipe, steps=3)
-    handle = unbottle.enable_sparse_attention(pipe, EVERY_BLOCK)
-    try:
-        out = stock(pipe, steps=3)
-    finally:
-        unbottle.disable_sparse_attention(pipe)
     # the block-sparse path ran in every layer: one pattern each (both CFG branches pad their text to 16 tokens)
-    assert handle.pattern_computations == dict.fromkeys(LAYERS, 1)
-    assert max_diff(out, base) <= 1e-5
-    low = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1, refresh_every=0, reshape=False)
-    unbottle.enable_sparse_attention(pipe, low)
-    try:
-        assert max_diff(stock(pipe, steps=3), base) > 1e-5  # the same path at a low density does change the image
-    finally:
-        unbottle.disable_sparse_attention(pipe)
+    checks.check_sparse_every_block(pipe, stock, LAYERS, patterns=1, steps=3)

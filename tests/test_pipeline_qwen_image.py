@@ -5,25 +5,21 @@ encoded negatives onto the call's keywords."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import pipeline_checks as checks
 import pytest
 import torch
+from pipeline_checks import PROMPT, Recorder, max_diff, seed
 
 import unbottle
-from unbottle.families import UnsupportedModelError, family_for_pipeline, family_named
+from unbottle.families import family_named
 from unbottle.families.prompt import encode_prompt_once
 from unbottle.pipelines import noise_search
 from unbottle.testing.qwen_image import tiny_qwen_image_pipeline
 
 Stage = unbottle.Stage
-PROMPT = "a red circle left of a blue square"
 NEGATIVE = dict(negative_prompt="a green cube", true_cfg_scale=2.0)  # true CFG: the negative through its own encode
 CALL = dict(height=32, width=32, max_sequence_length=16)  # 32×32 px → 8×8 latents → 16 packed tokens
-DENSE = unbottle.SparseAttentionConfig(density=1.0, block_size=8, full_steps=1)
-EVERY_BLOCK = unbottle.SparseAttentionConfig(density=0.9999, block_size=8, full_steps=1, refresh_every=0,
-                                             reshape=False)  # fmt: skip
 LAYERS = {"transformer_blocks.0.attn", "transformer_blocks.1.attn"}
 
 
@@ -40,56 +36,13 @@ def _always_disable(pipe):
     unbottle.disable_sparse_attention(pipe)  # a failing test must not leave sparse attention on the shared pipeline
 
 
-def seed(s=0):
-    return torch.Generator().manual_seed(s)
-
-
-def stock(pipe, prompt=PROMPT, steps=3, s=0, output_type="np", **kwargs):
-    return pipe(prompt, num_inference_steps=steps, generator=seed(s), output_type=output_type,
-                **{**CALL, **kwargs}).images  # fmt: skip
-
-
-def max_diff(a, b):
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
-
-
-class Recorder:
-    """A transformer forward pre-hook recording (timestep, hidden_states shape) of every call."""
-
-    def __init__(self, pipe):
-        self.calls = []
-        self.handle = pipe.transformer.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        self.calls.append((float(kwargs["timestep"].flatten()[0]), tuple(kwargs["hidden_states"].shape)))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a simple differentiable reward, already in [0, 1]."""
-
-    def __init__(self, channel: int = 0) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (B,)
-
-    def unit(self, scores):
-        return scores
+def stock(pipe, prompt=PROMPT, steps=3, **kwargs):
+    return checks.stock(pipe, prompt, steps, call=CALL, **kwargs)
 
 
 # -- the family record ---------------------------------------------------------------------------------------------
 def test_the_pipeline_resolves_to_qwen_image_for_bottleneck_and_noise_not_guidance(pipe):
-    family = family_named("QwenImage")
-    assert family_for_pipeline(pipe, "bottleneck") is family and family_for_pipeline(pipe, "noise") is family
-    with pytest.raises(UnsupportedModelError, match="QwenImagePipeline"):
-        family_for_pipeline(pipe, "guidance")  # joint attention: no cross-attention to text to guide
+    checks.check_resolution(pipe, "QwenImage")  # joint attention: no cross-attention to text to guide
 
 
 def test_size_granularity_default_size_and_token_count_are_the_pipelines(pipe):
@@ -126,40 +79,13 @@ def test_grid_packing_puts_each_2x2_block_of_a_channel_in_one_token(pipe):
 
 # -- sparse attention through the pipeline -----------------------------------------------------------------------
 def test_sparse_attention_at_density_one_is_stock_and_disable_restores_the_processors(pipe):
-    base = stock(pipe)
-    originals = dict(pipe.transformer.attn_processors)
-    handle = unbottle.enable_sparse_attention(pipe, DENSE)
-    try:
-        current = pipe.transformer.attn_processors
-        wrapped = {k for k, p in current.items() if isinstance(p, unbottle.SparseAttnProcessor)}
-        assert wrapped == {f"{name}.processor" for name in LAYERS}
-        out = stock(pipe)
-    finally:
-        unbottle.disable_sparse_attention(pipe)
-    assert handle.pattern_computations == {}  # density 1.0: the stock attention, no pattern
-    assert out.shape == base.shape and max_diff(out, base) <= 1e-5
-    after = pipe.transformer.attn_processors
-    assert after.keys() == originals.keys() and all(after[k] is p for k, p in originals.items())
-    np.testing.assert_array_equal(stock(pipe), base)
+    checks.check_sparse_density_one(pipe, stock, LAYERS, again=True)
 
 
 @pytest.mark.parametrize("extra", [{}, NEGATIVE], ids=["plain", "true-cfg"])
 def test_sparse_path_keeping_every_block_matches_stock(pipe, extra):
-    base = stock(pipe, **extra)
-    handle = unbottle.enable_sparse_attention(pipe, EVERY_BLOCK)
-    try:
-        out = stock(pipe, **extra)
-    finally:
-        unbottle.disable_sparse_attention(pipe)
     # the block-sparse path ran in every layer: one pattern per sequence length, and true CFG's negative is shorter
-    assert handle.pattern_computations == dict.fromkeys(LAYERS, 2 if extra else 1)
-    assert max_diff(out, base) <= 1e-5
-    low = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1, refresh_every=0, reshape=False)
-    unbottle.enable_sparse_attention(pipe, low)
-    try:
-        assert max_diff(stock(pipe, **extra), base) > 1e-5  # the same path at a low density does change the image
-    finally:
-        unbottle.disable_sparse_attention(pipe)
+    checks.check_sparse_every_block(pipe, stock, LAYERS, patterns=2 if extra else 1, **extra)
 
 
 # -- bottleneck sampling -------------------------------------------------------------------------------------------
@@ -175,11 +101,7 @@ ONE_STAGE = {
 @pytest.mark.parametrize("case", list(ONE_STAGE))
 def test_one_stage_is_the_stock_call(pipe, case):
     prompt, extra = ONE_STAGE[case]
-    base = stock(pipe, prompt, **extra)
-    sampler = unbottle.BottleneckSampler(pipe, [Stage(scale=1.0, steps=3, strength=1.0, shift=None)])
-    out = sampler(prompt, generator=seed(), output_type="np", **{**CALL, **extra}).images
-    assert out.shape == base.shape
-    np.testing.assert_array_equal(out, base)
+    checks.check_one_stage(pipe, stock, CALL, prompt, steps=3, **extra)
 
 
 def test_true_cfg_negatives_are_encoded_separately_and_reach_the_call(pipe):
@@ -221,28 +143,9 @@ def test_two_stages_call_the_denoiser_at_the_smaller_then_the_full_token_count(p
 # -- noise search --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [{}, NEGATIVE], ids=["plain", "true-cfg"])
 def test_differentiable_call_with_the_drawn_noise_is_the_stock_call(pipe, extra):
-    family = family_named("QwenImage")
-    call = dict(num_inference_steps=2, **CALL, **extra)
-    expected = stock(pipe, steps=2, s=3, output_type="pt", **extra)
-    noise, state = noise_search.draw_noise(pipe, family, call, 3, torch.float32)
-    eps = noise.clone().requires_grad_(True)
-    generator = torch.Generator()
-    generator.set_state(state)
-    image = noise_search.differentiable_call(pipe, PROMPT, latents=eps, generator=generator, output_type="pt",
-                                             **call).images  # fmt: skip
-    assert image.requires_grad and image.shape == expected.shape == (1, 3, 32, 32)
-    torch.testing.assert_close(image.detach(), expected, atol=1e-5, rtol=0)
-    (grad,) = torch.autograd.grad(image[:, 0].mean(), eps)
-    assert grad.shape == eps.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    checks.check_differentiable_call(pipe, stock, "QwenImage", CALL, **extra)
 
 
 def test_one_optimization_step_has_a_finite_gradient_and_changes_the_loss(pipe):
-    search = unbottle.NoiseSearch(pipe, {"red": (Channel(0), 50.0)}, seeds=[5], iterations=2, progress=False)
-    result = search(PROMPT, num_inference_steps=2, output_type="pt", **CALL, **NEGATIVE)
-    first, second = result.history[5]
-    assert set(first.grad_norms) == {"red"} and math.isfinite(first.grad_norms["red"]) and first.grad_norms["red"] > 0
-    assert first.loss != second.loss
     # iteration 0 is the stock image of seed 5, true CFG included (the negative came from the search's own encoding)
-    base = stock(pipe, steps=2, s=5, output_type="pt", **NEGATIVE)
-    assert first.loss == pytest.approx(1.0 - float(base[:, 0].mean()), abs=1e-5)
-    assert result.latents.shape == (1, 16, 16)  # the chosen noise in the pipeline's packed `latents=` format
+    checks.check_noise_search_step(pipe, stock, CALL, (1, 16, 16), **NEGATIVE)  # packed `latents=` format

@@ -4,26 +4,20 @@ noise search draws the float32 latents the pipeline feeds its transformer and ta
 
 from __future__ import annotations
 
-import copy
-import math
-
 import numpy as np
+import pipeline_checks as checks
 import pytest
 import torch
+from pipeline_checks import PROMPT, max_diff, seed
 
 import unbottle
-from unbottle.attention_processors.enable import attention_processors
-from unbottle.families import UnsupportedModelError, family_for_pipeline, family_named
+from unbottle.families import family_named
 from unbottle.pipelines import noise_search
 from unbottle.testing.z_image import tiny_z_image_pipeline
 
 Stage = unbottle.Stage
-PROMPT = "a red circle left of a blue square"
 CALL = dict(height=32, width=32, max_sequence_length=32)  # 32×32 px → 16×16 latents → 8×8 = 64 image tokens
 NEGATIVE = dict(negative_prompt="a green cube")  # CFG runs at the default guidance_scale 5
-DENSE = unbottle.SparseAttentionConfig(density=1.0, block_size=8, full_steps=1)
-EVERY_BLOCK = unbottle.SparseAttentionConfig(density=0.9999, block_size=8, full_steps=1, refresh_every=0,
-                                             reshape=False)  # fmt: skip
 LAYERS = {"layers.0.attention", "layers.1.attention", "noise_refiner.0.attention"}
 
 
@@ -40,17 +34,8 @@ def _always_disable(pipe):
     unbottle.disable_sparse_attention(pipe)  # a failing test must not leave sparse attention on the shared pipeline
 
 
-def seed(s=0):
-    return torch.Generator().manual_seed(s)
-
-
-def stock(pipe, prompt=PROMPT, steps=2, s=0, output_type="np", **kwargs):
-    return pipe(prompt, num_inference_steps=steps, generator=seed(s), output_type=output_type,
-                **{**CALL, **kwargs}).images  # fmt: skip
-
-
-def max_diff(a, b):
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+def stock(pipe, prompt=PROMPT, **kwargs):
+    return checks.stock(pipe, prompt, call=CALL, **kwargs)
 
 
 class Recorder:
@@ -72,26 +57,9 @@ class Recorder:
         self.handle.remove()
 
 
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a simple differentiable reward, already in [0, 1]."""
-
-    def __init__(self, channel: int = 0) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (B,)
-
-    def unit(self, scores):
-        return scores
-
-
 # -- the family record ---------------------------------------------------------------------------------------------
 def test_the_pipeline_is_z_image_for_bottleneck_and_noise_not_guidance(pipe):
-    family = family_named("ZImage")
-    assert family_for_pipeline(pipe, "bottleneck") is family and family_for_pipeline(pipe, "noise") is family
-    with pytest.raises(UnsupportedModelError, match="ZImagePipeline"):
-        family_for_pipeline(pipe, "guidance")  # joint attention over image and caption: no cross-attention
+    family = checks.check_resolution(pipe, "ZImage")  # joint attention over image and caption: no cross-attention
     latents = family.latents
     assert latents.multiple(pipe) == 4  # VAE ×2 × 2×2 patches: the pipeline's own `vae_scale_factor * 2` check
     assert latents.tokens(pipe, (1, 4, 16, 16)) == 64
@@ -126,39 +94,13 @@ def test_encoding_gives_per_sample_captions_and_their_negatives(pipe):
 
 # -- sparse attention through the pipeline -----------------------------------------------------------------------
 def test_sparse_attention_at_density_one_is_stock_and_disable_restores_the_processors(pipe):
-    base = stock(pipe)
-    originals = attention_processors(pipe.transformer)  # no AttentionMixin: the attention modules' own processors
-    handle = unbottle.enable_sparse_attention(pipe, DENSE)
-    try:
-        current = attention_processors(pipe.transformer)
-        wrapped = {k for k, p in current.items() if isinstance(p, unbottle.SparseAttnProcessor)}
-        assert wrapped == {f"{name}.processor" for name in LAYERS}
-        out = stock(pipe)
-    finally:
-        unbottle.disable_sparse_attention(pipe)
-    assert handle.pattern_computations == {}  # density 1.0: the stock attention, no pattern
-    assert max_diff(out, base) <= 1e-5
-    after = attention_processors(pipe.transformer)
-    assert after.keys() == originals.keys() and all(after[k] is p for k, p in originals.items())
+    checks.check_sparse_density_one(pipe, stock, LAYERS)
 
 
 def test_sparse_path_keeping_every_block_matches_stock_and_a_low_density_does_not(pipe):
-    base = stock(pipe, steps=3)
-    handle = unbottle.enable_sparse_attention(pipe, EVERY_BLOCK)
-    try:
-        out = stock(pipe, steps=3)
-    finally:
-        unbottle.disable_sparse_attention(pipe)
     # the block-sparse path ran in every layer: one pattern each (the conditional and unconditional captions are both
     # padded to 32 tokens, so both branches share one sequence length)
-    assert handle.pattern_computations == dict.fromkeys(LAYERS, 1)
-    assert max_diff(out, base) <= 1e-5
-    low = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1, refresh_every=0, reshape=False)
-    unbottle.enable_sparse_attention(pipe, low)
-    try:
-        assert max_diff(stock(pipe, steps=3), base) > 1e-5  # the same path at a low density does change the image
-    finally:
-        unbottle.disable_sparse_attention(pipe)
+    checks.check_sparse_every_block(pipe, stock, LAYERS, patterns=1, steps=3)
 
 
 # -- bottleneck sampling -------------------------------------------------------------------------------------------
@@ -172,13 +114,8 @@ ONE_STAGE = {
 
 @pytest.mark.parametrize("case", list(ONE_STAGE))
 def test_one_stage_is_the_stock_call(pipe, case):
-    prompt, extra = copy.deepcopy(ONE_STAGE[case])  # the pipeline templates prompt lists in place: fresh ones
-    base = stock(pipe, prompt, **extra)
-    prompt, extra = copy.deepcopy(ONE_STAGE[case])
-    sampler = unbottle.BottleneckSampler(pipe, [Stage(scale=1.0, steps=2, strength=1.0, shift=None)])
-    out = sampler(prompt, generator=seed(), output_type="np", **{**CALL, **extra}).images
-    assert out.shape == base.shape
-    np.testing.assert_array_equal(out, base)
+    prompt, extra = ONE_STAGE[case]
+    base = checks.check_one_stage(pipe, stock, CALL, prompt, **extra)
     if case == "negative":  # the negative reached the call: it changes the image
         assert max_diff(base, stock(pipe)) > 1e-6
 
@@ -197,27 +134,9 @@ def test_two_stages_call_the_denoiser_at_the_smaller_then_the_full_size(pipe):
 
 # -- noise search --------------------------------------------------------------------------------------------------
 def test_differentiable_call_with_the_drawn_noise_is_the_stock_call(pipe):
-    family = family_named("ZImage")
-    call = dict(num_inference_steps=2, **CALL, **NEGATIVE)
-    expected = stock(pipe, s=3, output_type="pt", **NEGATIVE)
-    noise, state = noise_search.draw_noise(pipe, family, call, 3, torch.float32)
-    eps = noise.clone().requires_grad_(True)
-    generator = torch.Generator()
-    generator.set_state(state)
-    image = noise_search.differentiable_call(pipe, PROMPT, latents=eps, generator=generator, output_type="pt",
-                                             **call).images  # fmt: skip
-    assert image.requires_grad and image.shape == expected.shape == (1, 3, 32, 32)
-    torch.testing.assert_close(image.detach(), expected, atol=1e-5, rtol=0)
-    (grad,) = torch.autograd.grad(image[:, 0].mean(), eps)
-    assert grad.shape == eps.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    checks.check_differentiable_call(pipe, stock, "ZImage", CALL, **NEGATIVE)
 
 
 def test_one_optimization_step_has_a_finite_gradient_and_changes_the_loss(pipe):
-    search = unbottle.NoiseSearch(pipe, {"red": (Channel(0), 50.0)}, seeds=[5], iterations=2, progress=False)
-    result = search(PROMPT, num_inference_steps=2, output_type="pt", **CALL, **NEGATIVE)
-    first, second = result.history[5]
-    assert math.isfinite(first.grad_norms["red"]) and first.grad_norms["red"] > 0
-    assert first.loss != second.loss
-    base = stock(pipe, s=5, output_type="pt", **NEGATIVE)  # iteration 0 is the stock image of seed 5
-    assert first.loss == pytest.approx(1.0 - float(base[:, 0].mean()), abs=1e-5)
-    assert result.latents.shape == (1, 4, 16, 16) and result.latents.dtype == torch.float32
+    result = checks.check_noise_search_step(pipe, stock, CALL, (1, 4, 16, 16), **NEGATIVE)
+    assert result.latents.dtype == torch.float32

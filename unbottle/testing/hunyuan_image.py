@@ -19,10 +19,13 @@ from diffusers import (
     HunyuanImagePipeline,
     HunyuanImageTransformer2DModel,
 )
-from transformers import ByT5Tokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
 from ._common import finish_pipeline
-from .qwen_image import _qwen_tokenizer  # the same system prompt prefix: 34 tokens the pipeline drops
+from .qwen_image import (
+    _qwen_tokenizer,  # the same system prompt prefix: 34 tokens the pipeline drops
+    tiny_qwen2_5_vl_text_encoder,
+)
 
 TOKENS = (16, 16)  # Qwen2.5-VL and ByT5 glyph tokens of the tiny pipeline
 
@@ -45,18 +48,8 @@ def tiny_hunyuan_image_pipeline(
     )  # fmt: skip
     tokenizer = _qwen_tokenizer()
     vocab = len(tokenizer)
-    torch.manual_seed(seed + 2)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=16, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
-            num_key_value_heads=2, rope_theta=1e6, bos_token_id=None, eos_token_id=None, pad_token_id=0,
-            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-        ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
-        # vision tokens past the text vocabulary: text prompts never contain them
-        image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=vocab + 2, vision_end_token_id=vocab + 3,
-    )  # fmt: skip
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config)  # 3 layers: the pipeline reads the third-last state
+    # 3 layers: the pipeline reads the third-last state
+    text_encoder = tiny_qwen2_5_vl_text_encoder(vocab, seed + 2, num_hidden_layers=3)
     tokenizer_2 = ByT5Tokenizer()
     torch.manual_seed(seed + 3)
     text_encoder_2 = T5EncoderModel(T5Config(

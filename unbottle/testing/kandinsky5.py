@@ -18,15 +18,10 @@ from diffusers import (
     Kandinsky5Transformer3DModel,
 )
 from tokenizers import Regex, pre_tokenizers
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    PreTrainedTokenizerFast,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-)
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from ._common import finish_pipeline
+from .qwen_image import tiny_qwen2_5_vl_text_encoder
 from .tokenizers import WORDS, tiny_clip_tokenizer, word_level_tokenizer
 
 
@@ -65,18 +60,7 @@ def tiny_kandinsky5_pipeline(
     )  # fmt: skip
     tokenizer = _qwen_tokenizer()
     vocab = len(tokenizer)
-    torch.manual_seed(seed + 2)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, rope_theta=1e6, bos_token_id=None, eos_token_id=None, pad_token_id=0,
-            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-        ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
-        # vision tokens past the text vocabulary: text prompts never contain them
-        image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=vocab + 2, vision_end_token_id=vocab + 3,
-    )  # fmt: skip
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    text_encoder = tiny_qwen2_5_vl_text_encoder(vocab, seed + 2)
     torch.manual_seed(seed + 3)
     # bos/eos/pad ids match tiny_clip_tokenizer (<|startoftext|>=0, <|endoftext|>=1); the pipeline pads to 77
     text_encoder_2 = CLIPTextModel(

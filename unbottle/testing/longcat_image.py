@@ -18,9 +18,10 @@ from diffusers import (
     LongCatImagePipeline,
     LongCatImageTransformer2DModel,
 )
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import PreTrainedTokenizerFast
 
 from ._common import finish_pipeline
+from .qwen_image import tiny_qwen2_5_vl_text_encoder
 from .tokenizers import WORDS, word_level_tokenizer
 
 TOKENS = 16  # prompt tokens of the tiny pipeline (the stock `tokenizer_max_length` is 512)
@@ -56,18 +57,7 @@ def tiny_longcat_image_pipeline(
     )  # fmt: skip
     tokenizer = _qwen_tokenizer()
     vocab = len(tokenizer)
-    torch.manual_seed(seed + 2)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, rope_theta=1e6, bos_token_id=None, eos_token_id=None, pad_token_id=0,
-            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-        ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
-        # vision tokens past the text vocabulary: text prompts never contain them
-        image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=vocab + 2, vision_end_token_id=vocab + 3,
-    )  # fmt: skip
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    text_encoder = tiny_qwen2_5_vl_text_encoder(vocab, seed + 2)
     scheduler = FlowMatchEulerDiscreteScheduler(  # Flux-style dynamic shift: the pipeline passes μ(tokens)
         base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0,
         use_dynamic_shifting=True,

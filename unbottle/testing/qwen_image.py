@@ -43,6 +43,24 @@ def _qwen_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def tiny_qwen2_5_vl_text_encoder(
+    vocab: int, seed: int, num_hidden_layers: int = 2
+) -> Qwen2_5_VLForConditionalGeneration:
+    """A seeded 16-wide Qwen2.5-VL built from a config, its vision token ids past the `vocab` text ids."""
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=16, intermediate_size=16, num_hidden_layers=num_hidden_layers,
+            num_attention_heads=2, num_key_value_heads=2, rope_theta=1e6, bos_token_id=None, eos_token_id=None,
+            pad_token_id=0, rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+        ),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
+        # vision tokens past the text vocabulary: text prompts never contain them
+        image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=vocab + 2, vision_end_token_id=vocab + 3,
+    )  # fmt: skip
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
 def tiny_qwen_image_pipeline(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> QwenImagePipeline:
@@ -60,18 +78,7 @@ def tiny_qwen_image_pipeline(
     )  # fmt: skip
     tokenizer = _qwen_tokenizer()
     vocab = len(tokenizer)
-    torch.manual_seed(seed + 2)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, rope_theta=1e6, bos_token_id=None, eos_token_id=None, pad_token_id=0,
-            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-        ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
-        # vision tokens past the text vocabulary: text prompts never contain them
-        image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=vocab + 2, vision_end_token_id=vocab + 3,
-    )  # fmt: skip
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    text_encoder = tiny_qwen2_5_vl_text_encoder(vocab, seed + 2)
     scheduler = FlowMatchEulerDiscreteScheduler(  # Qwen-Image's scheduler_config
         base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0, shift_terminal=0.02,
         time_shift_type="exponential", use_dynamic_shifting=True,
