@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from pipeline_checks import Channel
 
 import unbottle
 from unbottle.attention_processors.enable import attention_processors
@@ -60,20 +61,6 @@ class Recorder:
 
     def __exit__(self, *exc):
         self.handle.remove()
-
-
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a simple differentiable reward, already in [0, 1]."""
-
-    def __init__(self, channel: int = 0) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (B,)
-
-    def unit(self, scores):
-        return scores
 
 
 # -- the family record ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ guidance: tests/test_guidance_more.py."""
 import numpy as np
 import pytest
 import torch
+from pipeline_checks import Channel
 
 import unbottle
 from unbottle.families import UnsupportedModelError, family_for_pipeline
@@ -44,20 +45,6 @@ def seed(s=0):
 
 def run(pipe, s=0, output_type="latent", **kwargs):
     return pipe(PROMPT, generator=seed(s), output_type=output_type, **{**CALL, **kwargs}).images
-
-
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a differentiable reward in [0, 1]."""
-
-    def __init__(self, channel):
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))
-
-    def unit(self, scores):
-        return scores
 
 
 # -- what the record leaves out ---------------------------------------------------------------------------------------

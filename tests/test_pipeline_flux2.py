@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pipeline_checks import Channel
 
 import unbottle
 from unbottle.attention_processors import processor as processor_module
@@ -237,20 +238,6 @@ def test_differentiable_call_with_the_drawn_noise_is_the_stock_call(pipes, name)
     assert grad.shape == eps.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a differentiable reward already in [0, 1]."""
-
-    def __init__(self, channel: int) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (B,)
-
-    def unit(self, scores):
-        return scores
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_one_optimization_step_has_a_finite_gradient_and_moves_the_loss(pipes, name):
     pipe = pipes[name]
@@ -269,18 +256,8 @@ def test_exploration_passes_the_prompt_by_keyword(pipes):
     """Both pipelines take `image` first: best-of-seeds exploration calls them with `prompt=`, and one seed is the
     stock call of that seed."""
     pipe = pipes["flux2"]
-    reward = {"red": (_Red(), 1.0)}
+    reward = {"red": (Channel(0), 1.0)}
     result = unbottle.NoiseSearch(pipe, reward, seeds=[5], iterations=0, progress=False)(
         PROMPT, num_inference_steps=2, output_type="np", **CALL
     )
     np.testing.assert_array_equal(result.images, stock(pipe, 5))
-
-
-class _Red(torch.nn.Module):
-    """Mean of the red channel: a reward in [0, 1]."""
-
-    def forward(self, images, prompts):
-        return images[:, 0].mean((-2, -1))
-
-    def unit(self, scores):
-        return scores

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers.models.attention_dispatch import attention_backend
+from pipeline_checks import Channel
 
 import unbottle
 from unbottle.attention_processors import processor as processor_module
@@ -260,20 +261,6 @@ def test_with_audio_latents_the_differentiable_call_is_the_stock_call(pipe):
     torch.testing.assert_close(out.audio.detach(), expected.audio, atol=1e-5, rtol=0)
     (grad,) = torch.autograd.grad(out.frames[..., 0, :, :].mean(), eps)  # the red channel's mean
     assert grad.shape == eps.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
-
-
-class Channel(torch.nn.Module):
-    """Mean of one colour channel per frame: a differentiable reward already in [0, 1]."""
-
-    def __init__(self, channel: int = 0) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (N,)
-
-    def unit(self, scores):
-        return scores
 
 
 def test_one_noise_search_step_from_the_stock_noise(pipe):

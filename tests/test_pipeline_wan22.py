@@ -6,6 +6,7 @@ runs through both experts."""
 import numpy as np
 import pytest
 import torch
+from pipeline_checks import Channel
 from safetensors import safe_open
 
 import unbottle
@@ -224,20 +225,10 @@ def test_noise_search_steps_through_both_experts(pipe):
     call = dict(CALL, num_inference_steps=2, num_frames=1)
     noise, _ = noise_search.draw_noise(pipe, family_for_pipeline(pipe, "noise"), call, 3, torch.float32)
     stock = pipe(PROMPT, generator=torch.Generator().manual_seed(3), output_type="pt", **call).frames
-    search = unbottle.NoiseSearch(pipe, {"red": (_Red(), 10.0)}, seeds=[3], iterations=2, progress=False)
+    search = unbottle.NoiseSearch(pipe, {"red": (Channel(0), 10.0)}, seeds=[3], iterations=2, progress=False)
     result = search(PROMPT, output_type="pt", **call)
     first, second = result.history[3]
     assert first.grad_norms and all(np.isfinite(v) and v > 0 for v in first.grad_norms.values())
     assert second.loss != first.loss
     assert result.history[3][0].scores["red"] == pytest.approx(float(stock[:, :, 0].mean()), abs=1e-4)  # stock noise
     assert noise.shape == (1, 16, 1, 4, 4)
-
-
-class _Red(torch.nn.Module):
-    """Mean of the red channel: a differentiable reward in [0, 1]."""
-
-    def forward(self, images, prompts):
-        return images[:, 0].mean((-2, -1))
-
-    def unit(self, scores):
-        return scores

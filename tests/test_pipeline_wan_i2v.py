@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from PIL import Image
+from pipeline_checks import Channel
 
 import unbottle
 from unbottle.attention_processors.state import CURRENT_FORWARD
@@ -288,20 +289,6 @@ def test_the_drawn_noise_is_the_pipelines_own(pipes):
     rounded = dict(NOISE_CALL, num_frames=8, num_inference_steps=1)
     latents = pipe(prompt=PROMPT, **rounded, generator=seed(3), output_type="latent").frames  # (1, 16, F', h, w)
     assert draw_noise(pipe, family, rounded, 3, torch.float32)[0].shape == latents.shape == (1, 16, 3, 4, 4)
-
-
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a differentiable reward in [0, 1]."""
-
-    def __init__(self, channel: int) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (B,)
-
-    def unit(self, scores):
-        return scores
 
 
 def test_one_optimization_step_has_a_finite_gradient_and_changes_the_loss(pipes):

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from pipeline_checks import Channel
 
 import unbottle
 from unbottle.families import family_for_pipeline
@@ -162,20 +163,6 @@ def test_the_drawn_noise_is_the_pipelines_own_and_latents_flow_through(pipe):
     torch.testing.assert_close(out.frames.detach(), expected, atol=1e-5, rtol=0)
     (grad,) = torch.autograd.grad(out.frames[:, :, 0].mean(), eps)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-
-
-class Channel(torch.nn.Module):
-    """Mean of one colour channel: a differentiable reward in [0, 1]."""
-
-    def __init__(self, channel: int) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def forward(self, images, prompts):
-        return images[:, self.channel].mean((-2, -1))  # (B,)
-
-    def unit(self, scores):
-        return scores
 
 
 def test_one_optimization_step_has_a_finite_gradient_and_changes_the_loss(pipe):
