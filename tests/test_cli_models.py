@@ -24,6 +24,7 @@ from unbottle.testing.wan22 import tiny_wan22_pipeline
 
 PROMPT = "a red circle to the left of a blue square"
 STEPS, SEED = 2, 3
+SPARSE_STEPS = {"tiny/wan22": 4}  # 2 steps per expert
 
 # repo id → (fixture, verb, size arguments); the CLI passes no max_sequence_length: each pipeline's own default runs
 MODELS = {
@@ -133,10 +134,17 @@ def test_stock_and_sparse_runs_of_a_cached_hub_id(repo, cache, written, tmp_path
 
     full = _output(repo, _cli(repo, tmp_path, "full", "--steps", str(STEPS), "--sparse", "1.0"), written)
     np.testing.assert_array_equal(full, stock)
-    sparse_args = ["--steps", str(STEPS), "--sparse", "0.3", "--sparse-block-size", "4"]
+    # a step that runs sparse: Wan 2.2's low-noise expert refreshes (exact) at its first step, so give it two
+    steps = SPARSE_STEPS.get(repo, STEPS)
+    if steps != STEPS:
+        stock = _output(repo, _cli(repo, tmp_path, "stock_more", "--steps", str(steps)), written)
+    sparse_args = ["--steps", str(steps), "--sparse", "0.3", "--sparse-block-size", "4"]
     sparse = _output(repo, _cli(repo, tmp_path, "sparse", *sparse_args), written)
     assert sparse.shape == stock.shape
-    assert not np.array_equal(sparse, stock)
+    if MODELS[repo][1] == "video":  # more than float rounding
+        assert np.abs(sparse - stock).max() > 1e-4
+    else:
+        assert not np.array_equal(sparse, stock)
 
 
 @pytest.mark.parametrize("repo", BOTTLENECK)

@@ -137,6 +137,31 @@ def test_a_new_generation_clears_the_other_experts_states(pipe):
     assert low.states == {}  # ... clears the low-noise expert's statistics too
 
 
+def test_the_expert_that_hands_over_releases_its_statistics(pipe):
+    stock = run(pipe)
+    handle = unbottle.enable_sparse_attention(pipe, SPARSE)
+    held = []  # (expert called, branches holding statistics in each expert's layers) before every denoiser call
+    hooks = [
+        getattr(pipe, name).register_forward_pre_hook(
+            lambda m, a, name=name: held.append(
+                (name, *(sum(len(h.states) for h in handle[e].layer_hooks.values()) for e in EXPERTS))
+            )
+        )
+        for name in EXPERTS
+    ]
+    try:
+        first = run(pipe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # 2 layers × (cond, uncond) held by the running expert; the high-noise expert's released once the low-noise one
+    # ran (a pre-hook sees the state before the denoiser's own hooks run)
+    assert held == [("transformer", 0, 0), ("transformer", 2, 0), ("transformer", 4, 0), ("transformer", 4, 0),
+                    ("transformer_2", 4, 0), ("transformer_2", 0, 2), ("transformer_2", 0, 4), ("transformer_2", 0, 4)]
+    np.testing.assert_array_equal(run(pipe), first)  # the next generation refreshes them: the same output
+    assert max_diff(first, stock) > 1e-4
+
+
 def test_one_pattern_file_holds_both_experts_and_reloads_exactly(pipe, tmp_path):
     handle = unbottle.enable_sparse_attention(pipe, SPARSE)
     first = run(pipe)

@@ -5,6 +5,7 @@ One engine (engine.py: schedule × pattern × reshape) behind two fronts: diffus
 """
 
 from .block_sparse import block_sparse_attention
+from .calibrate import calibrate_sparse_attention
 from .config import SparseAttentionConfig
 from .dlm_state import dlm_step_callback, notify_dlm_generation_start, notify_dlm_step
 from .enable import disable_sparse_attention, enable_sparse_attention
@@ -20,6 +21,7 @@ __all__ = [
     "SparseAttentionHandle",
     "SparseAttnProcessor",
     "block_sparse_attention",
+    "calibrate_sparse_attention",
     "disable_sparse_attention",
     "dlm_step_callback",
     "enable_sparse_attention",

@@ -15,6 +15,7 @@ import torch
 
 from ..families import SelfAttention, UnsupportedModelError, family_for_model
 from .config import SparseAttentionConfig
+from .context_parallel import sequence_shards
 from .diffusers_compat import NO_BRANCH, refresh_contexts, register_hook
 from .state import MODEL_HOOK, Clock, ForwardInfo, LayerStateHook, ModelClockHook, layer_state_hook
 
@@ -43,6 +44,7 @@ def attach(
 ) -> Attachment:
     """Register the clock on `model` and a statistics hook on each sparse layer; diffusers' contexts reach them."""
     adapter = family_for_model(model, "sparse").attention
+    shards = sequence_shards(model, sparse_modules(model, adapter))  # raises (ring, heads) before any change
     attachment = Attachment(model, adapter, clock=None)  # type: ignore[arg-type]
 
     def on_new_generation(branch: str) -> None:
@@ -56,6 +58,7 @@ def attach(
 
     fraction = config.full_steps if isinstance(config.full_steps, float) else None
     attachment.clock = ModelClockHook(adapter.read_call, on_new_generation, num_steps, fraction, on_rename)
+    attachment.clock.shards, attachment.clock.parallel = shards, getattr(model, "_parallel_config", None)
     register_hook(model, attachment.clock, MODEL_HOOK)
     for name, module in sparse_modules(model, adapter).items():
         attachment.layer_hooks[name] = layer_state_hook(module)
@@ -121,5 +124,6 @@ def first_forward_info(attachment: Attachment, bound: dict) -> ForwardInfo:
     clock.advance(timestep, None)
     attachment.clock.provisional = True
     num_steps = attachment.clock.num_steps() if attachment.clock.num_steps else None
-    attachment.clock.pending = ForwardInfo(clock.step, num_steps, timestep, clock.first_timestep, None, layout)
+    attachment.clock.pending = ForwardInfo(clock.step, num_steps, timestep, clock.first_timestep, None, layout,
+                                           attachment.clock.shards)  # fmt: skip
     return attachment.clock.pending

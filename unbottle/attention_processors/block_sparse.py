@@ -1,10 +1,10 @@
 """`block_sparse_attention`: attention over the kept tiles of a FlexAttention `BlockMask`, with log-sum-exps.
 
-CPU runs the PyTorch reference. CUDA runs our Triton kernel (on Hopper its TMA path) where it was measured faster:
-on Hopper, fp16/bf16, power-of-two head sizes, from `TRITON_MIN_KEYS` keys up (on an H200 1.07–1.2× compiled
-FlexAttention from 17,776 keys, and no recompilation per sequence length; at 4,608 keys FlexAttention is level or
-ahead, bench/results/attention-h200.md). Everything else runs compiled FlexAttention (eager FlexAttention ignores
-full-tile block structure, see notes), and the reference where that fails.
+CPU runs the fast routes of cpu_attention.py (the reference's results). CUDA runs our Triton kernel (on Hopper its
+TMA path) where it was measured faster: on Hopper, fp16/bf16, power-of-two head sizes, from `TRITON_MIN_KEYS` keys
+up (on an H200 1.07–1.2× compiled FlexAttention from 17,776 keys, and no recompilation per sequence length; at 4,608
+keys FlexAttention is level or ahead, bench/results/attention-h200.md). Everything else runs compiled FlexAttention
+(eager FlexAttention ignores full-tile block structure, see notes), and the reference where that fails.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import warnings
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from .cpu_attention import block_sparse_attention_cpu, dense_attention_cpu
+from .key_mask import KeyMask, factor_key_mask
 from .reference import block_sparse_attention_reference, dense_attention_reference
 
 TRITON_MIN_KEYS = 16_384  # below this FlexAttention is as fast (and lighter on the CPU per call)
 _compiled_flex = None
+_compiled_flex_bias = None
 _triton_refused: set = set()  # (head dim, value dim, dtype, block sizes) that our Triton kernel failed on
 _flex_refused: set = set()  # (head dim, value dim, dtype, block sizes) that compiled FlexAttention failed on
 _dense_lse_backends: dict = {}  # (head dim, value dim, dtype) -> the CUDA route that gave a correct LSE
@@ -34,6 +37,22 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMa
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     out, lse = _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
     return out, lse
+
+
+def _flex_bias_call(q, k, v, block_mask, scale, bias):
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + bias[b, kv_idx]
+
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=True)
+
+
+def _flex_bias(q, k, v, block_mask: BlockMask, scale: float | None, bias: torch.Tensor):
+    """Compiled FlexAttention with a per-key additive bias (B, Nk): one graph per shape, the bias an input of it."""
+    global _compiled_flex_bias
+    if _compiled_flex_bias is None:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled_flex_bias = torch.compile(_flex_bias_call, dynamic=False)
+    return _compiled_flex_bias(q, k, v, block_mask, scale, bias)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None) -> tuple:
@@ -90,7 +109,8 @@ def block_sparse_attention_flex(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None,
     return_lse: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """`block_sparse_attention` without our Triton kernel: compiled FlexAttention on CUDA, else the reference."""
+    """`block_sparse_attention` without our Triton kernel: compiled FlexAttention on CUDA, the CPU route on CPU,
+    else the reference."""
     key = _check(q, k, v, block_mask, scale)
     out = None
     if q.is_cuda and key not in _flex_refused:
@@ -106,8 +126,45 @@ def block_sparse_attention_flex(
                 stacklevel=2,
             )
     if out is None:
-        out, lse = block_sparse_attention_reference(q, k, v, block_mask, scale=scale)
+        fallback = block_sparse_attention_cpu if q.device.type == "cpu" else block_sparse_attention_reference
+        out, lse = fallback(q, k, v, block_mask, scale=scale)
     return (out, lse) if return_lse else out
+
+
+def block_sparse_attention_key_masked(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, key_mask: KeyMask,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Block-sparse attention (B, H, Nq, D) and LSE (B, H, Nq) where only the keys of `key_mask` may be attended:
+    compiled FlexAttention with the mask as a per-key bias on CUDA, the CPU route (else the reference) with a
+    (B, 1, 1, Nk) mask otherwise. Rows that may attend no key get output 0 and LSE -inf."""
+    key = _check(q, k, v, block_mask, scale)
+    out = None
+    if q.is_cuda and key not in _flex_refused:
+        try:
+            out, lse = _flex_bias(q, k, v, block_mask, scale, key_mask.bias().to(q.device))
+        except Exception as e:  # noqa: BLE001 — compilation can fail many ways (e.g. head sizes FlexAttention lacks)
+            _flex_refused.add(key)
+            warnings.warn(f"FlexAttention cannot run head size {q.shape[-1]}, {q.dtype} with a key mask here "
+                          f"({type(e).__name__}: {str(e)[:200]}); the PyTorch reference runs this shape",
+                          stacklevel=2)  # fmt: skip
+    if out is None:
+        keys = key_mask.as_attn_mask()  # (B, 1, 1, Nk)
+        fallback = block_sparse_attention_cpu if q.device.type == "cpu" else block_sparse_attention_reference
+        out, lse = fallback(q, k, v, block_mask, scale=scale, attn_mask=keys)
+    if key_mask.rows is not None:
+        lse = lse.masked_fill(~key_mask.rows[:, None, :], float("-inf"))
+    return key_mask.zero_empty_rows(out), lse
+
+
+def _full_block_mask(nq: int, nk: int, device: torch.device) -> BlockMask:
+    """Every (query, key) tile of 128 tokens kept, as full tiles."""
+    from .block_mask import num_blocks, pattern_to_block_mask
+
+    nqb, nkb = num_blocks(nq, 128), num_blocks(nk, 128)
+    indices = torch.arange(nkb, device=device, dtype=torch.int32).expand(1, 1, nqb, nkb)
+    counts = torch.full((1, 1, nqb), nkb, device=device, dtype=torch.int32)
+    return pattern_to_block_mask(indices, counts, 128, nq, nk)
 
 
 def _dense_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, backend: str):
@@ -118,22 +175,30 @@ def _dense_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float 
     elif backend == "flash":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
     else:
-        from .block_mask import num_blocks, pattern_to_block_mask
-
-        nk = num_blocks(k.shape[2], 128)
-        nq = num_blocks(q.shape[2], 128)
-        indices = torch.arange(nk, device=q.device, dtype=torch.int32).expand(1, 1, nq, nk)
-        counts = torch.full((1, 1, nq), nk, device=q.device, dtype=torch.int32)
-        out, lse = _flex(q, k, v, pattern_to_block_mask(indices, counts, 128, q.shape[2], k.shape[2]), scale)
+        out, lse = _flex(q, k, v, _full_block_mask(q.shape[2], k.shape[2], q.device), scale)
     return out, lse.float().reshape(q.shape[:3])
 
 
 def dense_attention_with_lse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | KeyMask | None = None,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Exact attention (B, H, N, D) and its natural-log row LSE (B, H, N): cuDNN/flash/FlexAttention on CUDA (per
-    head size and dtype, the first route whose LSE matches the reference on a probe), the reference otherwise."""
+    head size and dtype, the first route whose LSE matches the reference on a probe; FlexAttention under a key
+    mask), the CPU route on CPU, the reference otherwise."""
+    if isinstance(attn_mask, torch.Tensor) and attn_mask.dim() >= 2 and attn_mask.shape[-2] == 1:  # a key mask
+        attn_mask = factor_key_mask(attn_mask, q.shape[0], q.shape[2], k.shape[2]) or attn_mask  # (no host sync)
+    if isinstance(attn_mask, KeyMask):
+        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            return block_sparse_attention_key_masked(q, k, v, _full_block_mask(q.shape[2], k.shape[2], q.device),
+                                                     attn_mask, scale)  # fmt: skip
+        dense = dense_attention_cpu if q.device.type == "cpu" else dense_attention_reference
+        out, lse = dense(q, k, v, attn_mask=attn_mask.as_attn_mask(), scale=scale)
+        if attn_mask.rows is not None:
+            lse = lse.masked_fill(~attn_mask.rows[:, None, :], float("-inf"))
+        return attn_mask.zero_empty_rows(out), lse
+    if q.device.type == "cpu":
+        return dense_attention_cpu(q, k, v, attn_mask=attn_mask, scale=scale)
     if not q.is_cuda or attn_mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
         return dense_attention_reference(q, k, v, attn_mask=attn_mask, scale=scale)
     key = (q.shape[-1], v.shape[-1], q.dtype)

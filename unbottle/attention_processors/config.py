@@ -35,6 +35,7 @@ class SparseAttentionConfig:
     """
 
     density: float = 0.05  # fraction of (query block, key block) pairs computed on sparse steps, in (0, 1]
+    coverage: float | None = None  # "cached": per row, the fewest key blocks holding this softmax mass, in (0, 1]
     block_size: int = 128  # tokens per block (128 = FlexAttention's tile; tiny test models use 4–16)
     pattern: str = "cached"  # "cached" (SparseD), "dynamic" (top-k of pooled q·k each step), "window" (locality)
     reshape: bool = True  # Re-ttention: out = ρ·O_sparse + R, with ρ and R cached at full/refresh steps
@@ -49,6 +50,21 @@ class SparseAttentionConfig:
         _integer("block_size", self.block_size, 1, MAX_BLOCK_SIZE)
         if not isinstance(self.pattern, str) or self.pattern not in PATTERNS:
             raise ValueError(f"SparseAttentionConfig.pattern must be one of {PATTERNS}, got {self.pattern!r}")
+        if self.coverage is not None:
+            if isinstance(self.coverage, bool) or not isinstance(self.coverage, (int, float)):
+                raise ValueError(
+                    "SparseAttentionConfig.coverage must be None or a number in (0, 1], got "
+                    f"{self.coverage!r} ({type(self.coverage).__name__})"
+                )
+            if not (math.isfinite(self.coverage) and 0.0 < self.coverage <= 1.0):
+                raise ValueError(
+                    f"SparseAttentionConfig.coverage must be a finite number in (0, 1], got {self.coverage}"
+                )
+            if self.pattern != "cached":
+                raise ValueError(
+                    f"SparseAttentionConfig.coverage needs pattern='cached' (only \"cached\" computes exact softmax "
+                    f"mass), got pattern={self.pattern!r}"
+                )
         if not isinstance(self.reshape, bool):
             raise ValueError(f"SparseAttentionConfig.reshape must be True or False, got {self.reshape!r}")
         if isinstance(self.full_steps, bool) or not isinstance(self.full_steps, (int, float)):

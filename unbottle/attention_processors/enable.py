@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 
 from ..families import family_for_model
 from .attach import attach, scheduler_steps, sparse_modules
 from .config import SparseAttentionConfig
+from .context_parallel import sequence_shards
 from .diffusers_compat import default_processor, remove_hooks, require_supported_diffusers
 from .engine import PatternStore
 from .handle import HANDLE_ATTR, PipelineSparseAttention, SparseAttentionHandle
@@ -102,8 +104,23 @@ def sparse_handle(pipe_or_model: object) -> SparseAttentionHandle | PipelineSpar
 
 def _share_clock(handles: list[SparseAttentionHandle]) -> None:
     """One step clock for several denoisers of a pipeline: an expert that takes over mid-generation continues the
-    step count, and a new generation seen by any of them clears every denoiser's layer states."""
+    step count, and a new generation seen by any of them clears every denoiser's layer states. An expert that hands
+    over releases its layers' statistics (Re-ttention's ρ and R, B·H·N·D per layer and CFG branch: about 27 GB for
+    Wan 2.2 A14B at 81 frames 480p) and refreshes them should it run again."""
     hooks = [h.clock for h in handles]
+    running: list[SparseAttentionHandle | None] = [None]
+
+    def taking_over(handle: SparseAttentionHandle) -> Callable[[], None]:
+        def on_forward() -> None:
+            previous, running[0] = running[0], handle
+            if previous is not None and previous is not handle:
+                for layer in previous.layer_hooks.values():
+                    layer.states.clear()
+
+        return on_forward
+
+    for handle in handles:
+        handle.clock.on_forward = taking_over(handle)
     callbacks = [(hook.on_new_generation, hook.on_rename) for hook in hooks]
 
     def on_new_generation(branch: str) -> None:
@@ -129,6 +146,11 @@ def enable_sparse_attention(
     if not isinstance(config, SparseAttentionConfig):
         raise TypeError(f"config must be an unbottle.SparseAttentionConfig, got {type(config).__name__}")
     language_model = language_model_of(pipe_or_model)
+    if language_model is not None and config.coverage is not None:
+        raise ValueError(
+            f"SparseAttentionConfig.coverage={config.coverage} applies to diffusers denoisers; SparseD on a "
+            f"transformers model ({type(language_model).__name__}) selects by density: leave coverage None"
+        )
     if language_model is not None:  # a diffusion-LM pipeline knows its mask token (LLaDA2Pipeline.mask_token_id)
         mask_id = getattr(pipe_or_model, "mask_token_id", None) if pipe_or_model is not language_model else None
         mask_id = mask_id if isinstance(mask_id, int) and not isinstance(mask_id, bool) else None
@@ -166,6 +188,7 @@ def _enable_denoiser(
     selected = sparse_modules(model, family.attention)
     if not selected:
         raise ValueError(f"found no self-attention module in {type(model).__name__} to make sparse")
+    sequence_shards(model, selected)  # context parallelism it cannot run (ring, heads) refused before any change
     require_supported_diffusers()  # before anything changes: the hooks below read diffusers internals
     originals = dict(attention_processors(model))
     store = PatternStore()

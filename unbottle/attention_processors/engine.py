@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -22,16 +22,20 @@ import torch.nn.functional as F
 
 from ..families.layout import TokenLayout
 from .block_mask import num_blocks, pattern_to_block_mask
-from .block_sparse import block_sparse_attention, dense_attention_with_lse
+from .block_sparse import block_sparse_attention, block_sparse_attention_key_masked, dense_attention_with_lse
 from .config import SparseAttentionConfig
+from .key_mask import factor_key_mask
 from .patterns import (
+    block_sizes,
     diagonal_blocks,
     exact_block_importance,
     forced_blocks,
     isolated_selection,
+    kept_fraction,
     pooled_scores,
     prompt_boundary,
     select_blocks,
+    select_by_coverage,
     sequence_window_scores,
     valid_key_blocks,
     window_scores,
@@ -65,6 +69,10 @@ class PatternStore:
     computed: dict[str, int] = field(default_factory=dict)  # pattern computations per layer (tests count them)
     block_masks: dict = field(default_factory=dict)  # the patterns as FlexAttention BlockMasks, on their device
     forced: dict = field(default_factory=dict)  # (tokens, block size, layout) -> (nQ, nK) always-kept tiles
+    densities: dict[tuple, float] = field(default_factory=dict)  # kept-tile fraction of each pattern in `patterns`
+    # "dynamic" (patterns made every call, never stored): per (layer, tokens, block size), the kept tiles (a device
+    # scalar: no sync per call) and all tiles of the patterns its sparse steps computed
+    dynamic: dict[tuple, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,8 @@ class PatternProvider(Protocol):
 class DiTPatterns:
     """Diffusion transformers: text/conditioning blocks and the diagonal always kept, then the top `density` of key
     blocks — by this call's pooled q·k ("dynamic"), or made once per layer and resolution from block distances in the
-    latent grid ("window") or SparseD's exact tile importance ("cached") and kept in the shared store."""
+    latent grid ("window") or SparseD's exact tile importance ("cached"; with a `coverage`, the fewest blocks per row
+    holding that softmax mass) and kept in the shared store with their kept-tile fractions."""
 
     name: str
     config: SparseAttentionConfig
@@ -113,6 +122,11 @@ class DiTPatterns:
             forced, max_forced = self._forced(n, q.device)
             scores = pooled_scores(q, k, bs, call.scale)  # (B, H, nQ, nK)
             indices, counts = select_blocks(scores, forced, cfg.density, max_forced=max_forced)
+            if lse_full is None:  # a sparse step (a refresh passes its exact LSE): count the tiles it computes
+                dyn = (self.name, n, bs)
+                kept, tiles = self.store.dynamic.get(dyn, (0, 0))
+                n_tiles = counts.numel() * num_blocks(k.shape[2], bs)  # counts (B, H, nQ)
+                self.store.dynamic[dyn] = (kept + counts.sum(dtype=torch.int64), tiles + n_tiles)
             return pattern_to_block_mask(indices, counts, bs, n, k.shape[2])
         (f, h, w), text_len, text_first = self.layout.resolve(n)
         key = (self.name, n, bs, f, h, w, text_len, text_first)  # same token count, other grid: another pattern
@@ -124,7 +138,13 @@ class DiTPatterns:
                     lse_full = dense_attention_with_lse(q, k, v, call.mask, call.scale)[1]
                 scores = exact_block_importance(q, k, lse_full, bs, call.scale, attn_mask=call.mask)
             forced, max_forced = self._forced(n, q.device)
-            self.store.patterns[key] = select_blocks(scores, forced, cfg.density, max_forced=max_forced)
+            if cfg.coverage is not None:  # cached only: top-p of the tile masses (tile means × tile sizes = sums)
+                rows, cols = block_sizes(n, bs, q.device), block_sizes(k.shape[2], bs, q.device)  # (nQ,), (nK,)
+                pattern = select_by_coverage(scores * (rows[:, None] * cols[None, :]), forced, cfg.coverage, rows)
+            else:
+                pattern = select_blocks(scores, forced, cfg.density, max_forced=max_forced)
+            self.store.patterns[key] = pattern
+            self.store.densities[key] = kept_fraction(pattern[1], num_blocks(k.shape[2], bs))
             self.store.computed[self.name] = self.store.computed.get(self.name, 0) + 1
         mask = self.store.block_masks.get(key)
         if mask is None or mask.kv_num_blocks.device != q.device:
@@ -223,7 +243,12 @@ def block_sparse_kernels(fast: Callable | None = None, masked: Callable | None =
 def run_block_sparse(call: AttentionCall, block_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention of `call` over `block_mask`: (out (B, H, Nq, D), lse (B, H, Nq))."""
     fast, masked = _KERNELS.get()
-    if call.mask is not None:  # the fast paths take no extra mask: the reference honours padding / causality
+    if call.mask is not None:
+        b, _, nq, _ = call.q.shape
+        key_mask = None if masked is not None else factor_key_mask(call.mask, b, nq, call.k.shape[2])
+        if key_mask is not None:  # padding: FlexAttention takes the key vector as a bias
+            return block_sparse_attention_key_masked(call.q, call.k, call.v, block_mask, key_mask, scale=call.scale)
+        # other masks (causality, per-head): the reference honours them
         return (masked or block_sparse_attention_reference)(call.q, call.k, call.v, block_mask, scale=call.scale,
                                                             attn_mask=call.mask)  # fmt: skip
     return (fast or block_sparse_attention)(call.q, call.k, call.v, block_mask, scale=call.scale, return_lse=True)
@@ -236,6 +261,17 @@ def attend(
     refresh step (ρ and R captured), block-sparse attention (+ Re-ttention's reshape) on a sparse step."""
     if kind is StepKind.DENSE or num_blocks(call.k.shape[2], config.block_size) < 2:
         return None  # one block: sparse is dense
+    key_mask = factor_key_mask(call.mask, call.q.shape[0], call.q.shape[2], call.k.shape[2])
+    if key_mask is None:
+        return _attend(call, kind, state, patterns, config)
+    # a padding mask (e.g. HunyuanVideo-1.5's (B, 1, N, N) text mask) runs as its key vector; rows with no key are 0
+    out = _attend(replace(call, mask=key_mask.as_attn_mask()), kind, state, patterns, config)
+    return key_mask.zero_empty_rows(out)
+
+
+def _attend(
+    call: AttentionCall, kind: StepKind, state: LayerState, patterns: PatternProvider, config: SparseAttentionConfig
+) -> torch.Tensor:
     stale = state.rho is None or state.rho.shape[:3] != call.q.shape[:3]
     if kind is StepKind.SPARSE and config.reshape and stale:
         kind = StepKind.REFRESH  # no statistics for this shape yet (first call, new resolution): capture them
@@ -250,4 +286,3 @@ def attend(
         out = apply_reshape(out, state.rho, state.residual, config.rho_growth, state.sparse_since_refresh)
         state.sparse_since_refresh += 1
     return out
-

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .block_mask import num_blocks
 from .config import SparseAttentionConfig
 from .engine import PatternStore
+from .patterns import kept_fraction
 
 if TYPE_CHECKING:
     from ..families import Family
@@ -18,6 +20,25 @@ if TYPE_CHECKING:
     from .state import LayerStateHook, ModelClockHook
 
 HANDLE_ATTR = "_unbottle_sparse"  # the enabled model's handle
+
+
+def layer_densities(store: PatternStore) -> dict[str, float]:
+    """Each layer's realized density: the kept-tile fraction of its cached patterns, or of the tiles its "dynamic"
+    sparse steps computed (the mean over resolutions)."""
+    per_layer: dict[str, list[float]] = {}
+    for key, (_, counts) in store.patterns.items():  # key: (layer, tokens, block size, ...)
+        density = store.densities.get(key)
+        per_layer.setdefault(key[0], []).append(
+            density if density is not None else kept_fraction(counts, num_blocks(key[1], key[2]))
+        )
+    for (layer, *_), (kept, tiles) in store.dynamic.items():  # key: (layer, tokens, block size)
+        per_layer.setdefault(layer, []).append(int(kept) / tiles)
+    return {layer: sum(values) / len(values) for layer, values in per_layer.items()}
+
+
+def mean_density(densities: dict[str, float]) -> float | None:
+    """The mean of per-layer densities, None when there are none."""
+    return sum(densities.values()) / len(densities) if densities else None
 
 
 @dataclass
@@ -44,6 +65,19 @@ class SparseAttentionHandle:
         """How many times each layer computed a pattern (cached: once per resolution; on a transformers model once per
         generation and sequence length)."""
         return dict(self.store.computed)
+
+    @property
+    def pattern_densities(self) -> dict[str, float]:
+        """Each layer's realized density (kept tiles / (nQ·nK) of its cached patterns, averaged over batch, heads and
+        query-block rows, and over its resolutions; "dynamic": of all tiles its sparse steps computed), by module;
+        layers without a pattern yet are absent."""
+        return layer_densities(self.store)
+
+    @property
+    def realized_density(self) -> float | None:
+        """The mean of `pattern_densities` over the layers: what density (or coverage) and the forced tiles gave; None
+        before any pattern is cached (for "dynamic": before its first sparse step)."""
+        return mean_density(self.pattern_densities)
 
     def reset(self) -> None:
         """Forget every layer's statistics and the step clock; diffusers' cached patterns stay, while a transformers
@@ -81,6 +115,16 @@ class PipelineSparseAttention:
     def pattern_computations(self) -> dict[str, int]:
         """How many times each layer of each denoiser computed a pattern, by `component.module`."""
         return {f"{c}.{name}": n for c, h in self.handles.items() for name, n in h.pattern_computations.items()}
+
+    @property
+    def pattern_densities(self) -> dict[str, float]:
+        """Each layer's realized density of each denoiser, by `component.module`."""
+        return {f"{c}.{name}": d for c, h in self.handles.items() for name, d in h.pattern_densities.items()}
+
+    @property
+    def realized_density(self) -> float | None:
+        """The mean of `pattern_densities` over every denoiser's layers; None before any pattern is made."""
+        return mean_density(self.pattern_densities)
 
     def reset(self) -> None:
         """Forget every denoiser's statistics and the shared step clock; cached patterns stay."""

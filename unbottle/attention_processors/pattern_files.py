@@ -2,7 +2,10 @@
 
 A file holds, per cached pattern, `layer|tokens|block_size|frames|height|width|text_len|text_first|indices` (int32
 (B, H, nQ, K)) and `...|counts` (int32 (B, H, nQ)), see block_mask.py. Its metadata names the model class, a hash of
-its config, the pattern, density and block size, and (format "3") `checksum`: the sha256 hex digest of the JSON list
+its config, the pattern, `coverage` (the calibrated softmax mass, `none` without one; a file without the key counts
+as `none`), `density` (files without a coverage), the block size, `realized_density` (per layer the mean over its
+patterns of kept tiles / (nQ·nK), averaged over the layers; recounted from the tensors on load, and
+only files without a coverage may lack it), and (format "3") `checksum`: the sha256 hex digest of the JSON list
 of sorted `[key, value]` metadata pairs except the checksum, a newline, then per tensor in sorted name order the JSON
 `[name, dtype, shape]` (dtype as in `torch.int32` without `torch.`), a newline and its raw little-endian bytes.
 A pipeline with several denoisers (Wan 2.2's two experts) writes one file for all: tensor names start with the
@@ -12,6 +15,10 @@ comma-separated entry per denoiser, in that order.
 A file is untrusted input: `load_head_patterns` checks its metadata, checksum and every tensor (names, dtypes, shapes,
 counts, block indices) against the enabled model before anything reaches its pattern store, so a file loads whole
 or not at all. Format "2" files (no checksum) still load, fully validated.
+
+Under context parallelism (Ulysses) each rank holds its heads' patterns: saving gathers every head (every rank calls
+it, the group's rank 0 writes), so the file is the one a single process writes; loading checks the whole file against
+the layers' full head counts, then each rank keeps its own heads.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from .context_parallel import SequenceShards, all_heads, barrier, own_heads
 from .enable import sparse_handle
-from .handle import PipelineSparseAttention, SparseAttentionHandle
+from .handle import PipelineSparseAttention, SparseAttentionHandle, mean_density
+from .patterns import kept_fraction
 
 FORMAT = "3"
 READABLE_FORMATS = ("2", "3")  # "2": no checksum
@@ -39,6 +48,8 @@ _KEY_FIELDS = ("tokens", "block_size", "frames", "height", "width", "text_len")
 _NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")  # canonical decimal, below 10**18: one spelling per key
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_HEADER = 100_000_000  # bytes, safetensors' own limit
+_ABSENT = {"coverage": "none"}  # what a metadata key absent from a file means
+_DENSITY_TOLERANCE = 1e-9  # recorded vs recounted realized density (float sums in another order)
 
 
 def config_hash(model: torch.nn.Module) -> str:
@@ -64,8 +75,11 @@ def _expected_metadata(handles: Mapping[str, SparseAttentionHandle]) -> dict[str
     models = [h.model for h in handles.values()]
     metadata = {
         "model_class": ",".join(type(m).__name__ for m in models), "config_hash": ",".join(map(config_hash, models)),
-        "pattern": cfg.pattern, "density": repr(cfg.density), "block_size": str(cfg.block_size),
+        "pattern": cfg.pattern, "coverage": "none" if cfg.coverage is None else repr(float(cfg.coverage)),
     }  # fmt: skip
+    if cfg.coverage is None:  # with a coverage, the density selects nothing
+        metadata["density"] = repr(cfg.density)
+    metadata["block_size"] = str(cfg.block_size)
     if len(handles) > 1:
         metadata["denoisers"] = ",".join(prefix.removesuffix(":") for prefix in handles)
     return metadata
@@ -82,13 +96,38 @@ def _checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) 
     return digest.hexdigest()
 
 
+def _realized_density(patterns: list[tuple[str, tuple, torch.Tensor]]) -> float | None:
+    """The realized density of (component, key, counts) patterns: per layer the mean kept-tile fraction of its
+    patterns, averaged over the layers (`SparseAttentionHandle.realized_density` of a store holding just these)."""
+    per_layer: dict[str, list[float]] = {}
+    for component, key, counts in patterns:  # key: (layer, tokens, block size, ...): self-attention, nK = nQ
+        per_layer.setdefault(component + key[0], []).append(kept_fraction(counts, math.ceil(key[1] / key[2])))
+    return mean_density({layer: sum(v) / len(v) for layer, v in per_layer.items()})
+
+
+def _shards(handle: SparseAttentionHandle) -> SequenceShards | None:
+    """The handle's context-parallel sharding (each rank holds its heads' patterns), None without one."""
+    return handle.clock.shards if handle.clock is not None else None
+
+
+def _every_head(handle: SparseAttentionHandle) -> list[tuple[tuple, tuple[torch.Tensor, torch.Tensor]]]:
+    """The handle's cached patterns with all heads: under context parallelism joined from every rank (a collective);
+    "window" patterns are one for all heads already."""
+    patterns = list(handle.store.patterns.items())  # made in the same order on every rank (checked when joined)
+    shards = _shards(handle)
+    return patterns if shards is None or handle.config.pattern == "window" else all_heads(patterns, shards)
+
+
 def save_head_patterns(pipe_or_model: object, path: str | Path) -> Path:
     """Write the cached per-layer, per-head block patterns (SparseD) to a safetensors file, with a checksum; a pipeline
-    with several denoisers (Wan 2.2's experts) writes all of theirs to the one file."""
+    with several denoisers (Wan 2.2's experts) writes all of theirs to the one file. Under context parallelism every
+    rank calls it: the file holds every head, as one process would write it, and the group's rank 0 writes it."""
     handles, _ = _handles(pipe_or_model)
-    tensors = {}
+    tensors, saved = {}, []
+    shards = next((s for h in handles.values() if (s := _shards(h)) is not None), None)
     for component, handle in handles.items():
-        for key, (indices, counts) in handle.store.patterns.items():
+        for key, (indices, counts) in _every_head(handle):
+            saved.append((component, key, counts))
             prefix = component + "|".join(str(part) for part in key)  # layer|tokens|block|frames|height|width|text|..
             tensors[f"{prefix}|indices"] = indices.detach().cpu().contiguous()  # (B, H, nQ, K) int32
             tensors[f"{prefix}|counts"] = counts.detach().cpu().contiguous()  # (B, H, nQ) int32
@@ -97,16 +136,22 @@ def save_head_patterns(pipe_or_model: object, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"head patterns file {str(path)!r} is a directory; give a file path (e.g. p.safetensors)")
-    metadata = {**_expected_metadata(handles), "format": FORMAT}
+    metadata = {**_expected_metadata(handles), "realized_density": repr(_realized_density(saved)), "format": FORMAT}
     metadata["checksum"] = _checksum(tensors, metadata)
     data = save_bytes(tensors, metadata=metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    if shards is not None and shards.rank != 0:
+        barrier(shards)  # until rank 0 has written the file
+        return path
     try:
-        partial.write_bytes(data)
-        os.replace(partial, path)  # readers never see a half-written file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)  # readers never see a half-written file
+        finally:
+            partial.unlink(missing_ok=True)
     finally:
-        partial.unlink(missing_ok=True)
+        barrier(shards)  # the other ranks go on, whether or not the write succeeded
     return path
 
 
@@ -159,9 +204,10 @@ class _PatternFile:
                 raise self.error("has no head-pattern metadata; it was not written by unbottle.save_head_patterns")
             raise self.error(f"format {fmt!r} is not one this version reads ({', '.join(READABLE_FORMATS)})")
         for key, value in expected.items():
-            if metadata.get(key) != value:
+            found = metadata.get(key, _ABSENT.get(key))
+            if found != value:
                 raise self.error(
-                    f"made for {key}={metadata.get(key)!r}, but this model/config has {key}={value!r}; make the "
+                    f"made for {key}={found!r}, but this model/config has {key}={value!r}; make the "
                     "patterns again with this model and config"
                 )
         checksum = metadata.get("checksum")
@@ -170,6 +216,22 @@ class _PatternFile:
         if fmt == "3" and (checksum is None or not _SHA256.fullmatch(checksum)):
             raise self.error(f"format '3' needs a sha256 checksum (64 hex digits), found {checksum!r}")
         return fmt
+
+    def realized_density(self, metadata: Mapping[str, str]) -> float | None:
+        """The file's recorded realized density, checked to be a finite number in (0, 1]; None where it records none
+        (files without a coverage may lack it)."""
+        text = metadata.get("realized_density")
+        if text is None:
+            if metadata.get("coverage", "none") != "none":
+                raise self.error("records a coverage but no realized_density; make the patterns again")
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and 0.0 < value <= 1.0):
+            raise self.error(f"has realized_density {text!r}, allowed a finite number in (0, 1]")
+        return value
 
     def tensors(self, data: bytes) -> dict[str, torch.Tensor]:
         try:
@@ -264,6 +326,7 @@ def load_head_patterns(pipe_or_model: object, path: str | Path) -> int:
         with open(path, "rb") as f:
             head, metadata = file.read_header(f)
             fmt = file.check_metadata(metadata, _expected_metadata(handles))
+            recorded = file.realized_density(metadata)
             data = head + f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"head patterns file {file.name!r} does not exist") from None
@@ -284,6 +347,7 @@ def load_head_patterns(pipe_or_model: object, path: str | Path) -> int:
         prefixes.setdefault(prefix, {})[kind] = tensors[name]
     loaded: list[tuple[SparseAttentionHandle, tuple, tuple[torch.Tensor, torch.Tensor]]] = []
     modules = {component: dict(h.model.named_modules()) for component, h in handles.items()}
+    modules_by_handle = {id(handles[component]): named for component, named in modules.items()}
     for prefix, pair in prefixes.items():
         for kind, other in (("indices", "counts"), ("counts", "indices")):
             if kind not in pair:
@@ -299,7 +363,16 @@ def load_head_patterns(pipe_or_model: object, path: str | Path) -> int:
         heads = heads if isinstance(heads, int) and not isinstance(heads, bool) and heads >= 1 else None
         _check_pattern(file, prefix, key, pair["indices"], pair["counts"], heads)
         loaded.append((handle, key, (pair["indices"], pair["counts"])))
+    recounted = _realized_density([(str(id(h)), key, pattern[1]) for h, key, pattern in loaded])  # layers by denoiser
+    if recorded is not None and abs(recorded - recounted) > _DENSITY_TOLERANCE:
+        raise file.error(
+            f"records realized_density {recorded!r}, but its patterns keep {recounted!r} of their tiles; the file "
+            "was altered"
+        )
     for handle, key, pattern in loaded:  # every entry checked: only now does any store change
+        heads = getattr(modules_by_handle[id(handle)].get(key[0]), "heads", None)
+        pattern = tuple(own_heads(t, _shards(handle), heads or t.shape[1]) for t in pattern)  # this rank's heads
         handle.store.patterns[key] = pattern
+        handle.store.densities[key] = kept_fraction(pattern[1], math.ceil(key[1] / key[2]))
         handle.store.block_masks.pop(key, None)
     return len(loaded)

@@ -1,9 +1,10 @@
 """Which key blocks each (head, query block) keeps: "window" (locality), "dynamic" (pooled q·k), "cached" (SparseD).
 
 DiT patterns keep the blocks holding text/conditioning tokens (as keys, and as dense query rows) and the diagonal
-block, then the top `ceil(density · n_key_blocks)` blocks by score. Diffusion-LM patterns (SparseD's isolated
-selection) keep the diagonal block and the top blocks of the prompt and of the generated region, each ranked on its
-own. Patterns are (indices, counts) kept-block lists, see block_mask.py.
+block, then the top `ceil(density · n_key_blocks)` blocks by score, or ("cached" with a `coverage`) the fewest blocks
+whose exact softmax mass reaches the coverage, per row. Diffusion-LM patterns (SparseD's isolated selection) keep
+the diagonal block and the top blocks of the prompt and of the generated region, each ranked on its own. Patterns
+are (indices, counts) kept-block lists, see block_mask.py.
 """
 
 from __future__ import annotations
@@ -47,6 +48,44 @@ def select_blocks(
     width = max(k, max_forced) if max_forced is not None else int(counts.max())
     indices = ranked.topk(width, dim=-1, sorted=True).indices  # forced first, then by score
     return indices.to(torch.int32), counts.to(torch.int32).contiguous()
+
+
+COVERAGE_TOLERANCE = 1e-6  # softmax mass short of the coverage by at most this counts as reached (float rounding)
+
+
+def select_by_coverage(
+    scores: torch.Tensor, forced: torch.Tensor, coverage: float, rows_per_block: torch.Tensor | int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of tile sums `scores` (B, H, nQ, nK) (Σ exp(s − LSE) over each tile), the fewest key blocks whose
+    softmax mass reaches `coverage` → (indices, counts) as `select_blocks` gives them.
+
+    A tile's mass is its sum divided by the query rows of its block, `rows_per_block` (nQ,) or one int (so a row's
+    masses sum to 1). The `forced` (nQ, nK) tiles come first and count towards the mass, then tiles by descending
+    mass (ties: the lower key block first) until the cumulative mass reaches `coverage` (within
+    `COVERAGE_TOLERANCE`); at least one per row. One device→host sync (the kept width).
+    """
+    rows = torch.as_tensor(rows_per_block, device=scores.device, dtype=torch.float64).reshape(-1, 1)  # (nQ, 1)
+    mass = (scores.double().nan_to_num(0.0, 0.0, 0.0).clamp(min=0.0) / rows).expand(*scores.shape)  # (B, H, nQ, nK)
+    order = mass.masked_fill(forced, float("inf")).sort(dim=-1, descending=True, stable=True).indices  # forced first
+    ranked = mass.gather(-1, order)  # (B, H, nQ, nK) masses in kept order
+    before = F.pad(ranked.cumsum(-1)[..., :-1], (1, 0))  # mass of the tiles ranked ahead of each
+    reached = (before < coverage - COVERAGE_TOLERANCE).sum(-1)  # (B, H, nQ): ranks kept before the mass is reached
+    counts = torch.maximum(reached.clamp(min=1), forced.sum(-1))
+    width = int(counts.max())
+    return order[..., :width].to(torch.int32).contiguous(), counts.to(torch.int32).contiguous()
+
+
+def block_sizes(n: int, block_size: int, device: torch.device | str) -> torch.Tensor:
+    """(nB,) fp32 tokens per block of `n` tokens: `block_size`, the last one the rest."""
+    nb = num_blocks(n, block_size)
+    sizes = torch.full((nb,), block_size, device=device, dtype=torch.float32)
+    sizes[-1] = n - (nb - 1) * block_size
+    return sizes
+
+
+def kept_fraction(counts: torch.Tensor, n_kv_blocks: int) -> float:
+    """Kept tiles / (nQ · nK) of a pattern's `counts` (B, H, nQ), averaged over batch, heads and rows (one sync)."""
+    return int(counts.long().sum()) / (counts.numel() * n_kv_blocks)
 
 
 def window_scores(layout: TokenLayout, n: int, block_size: int, device: torch.device | str) -> torch.Tensor:
@@ -128,13 +167,14 @@ def _tile_sums(
     chunk = max(block_size, chunk // block_size * block_size)
     rows = []
     for start in range(0, n, chunk):
-        s = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)).float() * scale  # (B, H, c, Nk)
+        s = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)).float().mul_(scale)  # (B, H, c, Nk)
         if attn_mask is not None:  # masked keys carry no probability (bool: keep where True; else additive)
             m = attn_mask[..., start : start + chunk, :] if attn_mask.shape[-2] > 1 else attn_mask
             s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
-        p = torch.exp(s - lse[:, :, start : start + chunk, None].float())
+        p = s.sub_(lse[:, :, start : start + chunk, None].float()).exp_()  # in place: one score buffer per chunk
         c = p.shape[2]
-        p = F.pad(p, (0, nkb * block_size - n_kv, 0, math.ceil(c / block_size) * block_size - c))
+        if nkb * block_size != n_kv or c % block_size:
+            p = F.pad(p, (0, nkb * block_size - n_kv, 0, math.ceil(c / block_size) * block_size - c))
         tiles = p.view(b, h, -1, block_size, nkb, block_size).sum((3, 5))  # (B, H, c/bs, nK)
         rows.append(tiles)
     return torch.cat(rows, 2)[:, :, :nqb]

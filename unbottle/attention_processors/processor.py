@@ -5,7 +5,8 @@ Legacy processors (UNet, SD3, PixArt, CogVideoX) call `F.scaled_dot_product_atte
 ones (Flux, Wan, HunyuanVideo, LTX) reach it through diffusers' `native` backend. A `TorchFunctionMode`, active only
 while the wrapped processor runs, hands that call's q/k/v (B, H, N, D) — after projections, QK-norm and RoPE — to the
 layer's `SparseLayer`, which runs the engine with the denoiser clock's step and token layout, so no model processor
-code is copied. Calls that are not self-attention pass through untouched.
+code is copied. Calls that are not self-attention pass through untouched. Under Ulysses context parallelism the
+engine attends in the family layout's token order (context_parallel.py) and hands back the order the ranks gathered.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from ..families.layout import TokenLayout
 from .attach import Attachment, attach, first_forward_info, running_denoiser, scheduler_steps
 from .config import SparseAttentionConfig
+from .context_parallel import context_parallel_config, in_order
 from .diffusers_compat import attends_by_sdpa, default_processor
 from .engine import AttentionCall, DiTPatterns, PatternStore, attend
 from .schedule import StepRule
@@ -62,7 +64,13 @@ class SparseLayer:
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         layout = (info.layout if info is not None else None) or TokenLayout()
         patterns = DiTPatterns(self.name, cfg, self.store, layout)
-        return attend(AttentionCall(q, k, v, scale, attn_mask), kind, state, patterns, cfg)
+        order = info.shards.order(layout, q.shape[2], q.device) if info is not None and info.shards else None
+        if order is None:
+            return attend(AttentionCall(q, k, v, scale, attn_mask), kind, state, patterns, cfg)
+        gather, scatter = order  # context parallelism: attend in the layout's token order, hand back the gathered one
+        q, k, v = (x.index_select(2, gather) for x in (q, k, v))  # (B, H, N, D)
+        out = attend(AttentionCall(q, k, v, scale, in_order(attn_mask, gather)), kind, state, patterns, cfg)
+        return None if out is None else out.index_select(2, scatter)
 
 
 class _CatchSDPA(TorchFunctionMode):
@@ -176,6 +184,16 @@ class SparseAttnProcessor:
         if processor is not None:  # e.g. Qwen-Image's text mask, Z-Image's RoPE reach the stock processor
             self.__call__ = _showing_keywords_of(self.__call__, processor)
 
+    @property
+    def _parallel_config(self) -> object | None:
+        """The wrapped processor's parallel config: diffusers' `enable_parallelism` sets it on each processor."""
+        return getattr(self.processor, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, config: object | None) -> None:
+        if hasattr(self.processor, "_parallel_config"):  # the stock processor runs the all-to-all
+            self.processor._parallel_config = config
+
     def stock_processor(self, attn: torch.nn.Module) -> object | None:
         """The processor this one wraps for `attn` (None for a drop-in that never ran on it)."""
         return self.processor if self.processor is not None else self._inner.get(id(attn))
@@ -188,8 +206,13 @@ class SparseAttnProcessor:
 
     def _drop_in_attach(self, attn: torch.nn.Module) -> None:
         """Drop-in form, first call: find the running denoiser and give it the clock and statistics hooks."""
-        self._attachment = False  # looked once
         found = running_denoiser()
+        if found is not None and context_parallel_config(found[0]) is not None:
+            raise RuntimeError(
+                "the drop-in SparseAttnProcessor does not run under context parallelism; use "
+                "unbottle.enable_sparse_attention(model, config) after model.enable_parallelism(...)"
+            )
+        self._attachment = False  # looked once
         if found is None:
             return
         model, bound, pipe = found

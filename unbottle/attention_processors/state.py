@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..families.layout import TokenLayout
+from .context_parallel import SequenceShards, check_parallel_unchanged
 from .diffusers_compat import NO_BRANCH, StatefulHook, context_step, get_hook, register_hook
 from .engine import LayerState
 
@@ -33,6 +34,7 @@ class ForwardInfo:
     first_timestep: float | None  # of this generation
     full_until: int | None  # first step below the full-steps timestep threshold (fraction schedules, steps unknown)
     layout: TokenLayout | None
+    shards: SequenceShards | None = None  # context parallelism: this rank's heads, the token order attention sees
 
 
 CURRENT_FORWARD: contextvars.ContextVar[ForwardInfo | None] = contextvars.ContextVar("unbottle_forward", default=None)
@@ -88,10 +90,16 @@ class ModelClockHook(StatefulHook):
         # state sits under NO_BRANCH until the branch that continues it (same branch, lower timestep) shows up
         self.provisional = False
         self.pending: ForwardInfo | None = None  # the attach-time forward's info, until the clock's first forward
+        self.on_forward: Callable[[], None] | None = None  # told of every forward before the clock moves
+        self.shards: SequenceShards | None = None  # Ulysses context parallelism as the model had it when attached
+        self.parallel: object | None = None  # the model's diffusers parallel config then (checked every forward)
         self._signature: inspect.Signature | None = None
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         self.pending = None
+        check_parallel_unchanged(module, self.parallel)
+        if self.on_forward is not None:
+            self.on_forward()
         if self._signature is None:
             self._signature = inspect.signature(self.original_forward())
         bound = self._signature.bind_partial(*args, **kwargs).arguments
@@ -117,7 +125,8 @@ class ModelClockHook(StatefulHook):
             and timestep <= clock.first_timestep * (1.0 - self.full_fraction)
         ):  # fmt: skip
             clock.full_until = clock.step
-        info = ForwardInfo(clock.step, num_steps, timestep, clock.first_timestep, clock.full_until, layout)
+        info = ForwardInfo(clock.step, num_steps, timestep, clock.first_timestep, clock.full_until, layout,
+                           self.shards)  # fmt: skip
         token = CURRENT_FORWARD.set(info)
         try:
             return self.original_forward()(*args, **kwargs)

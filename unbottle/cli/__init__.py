@@ -1,4 +1,4 @@
-"""The `unbottle` command line: image, video and text generation, reward-scored batches, benchmarks.
+"""The `unbottle` command line: image, video and text generation, reward-scored batches, benchmarks, calibration.
 
 Exit codes: 0 ok, 1 a failure while running (model not loadable, output not writable), 2 bad usage or arguments.
 """
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(verbs)
+    from .calibrate import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(verbs)
     return parser
 
 
@@ -158,6 +161,10 @@ def _run(args: argparse.Namespace) -> int:
         from .batch import run_from_cli as run_batch
 
         return run_batch(args)
+    if args.verb == "calibrate":  # sparse-attention patterns at a softmax-mass target
+        from .calibrate import run_from_cli as run_calibrate
+
+        return run_calibrate(args)
     check_noise_args(args)
     if not args.prompt.strip():
         raise UsageError("PROMPT must not be empty")

@@ -31,6 +31,7 @@ from .ltx import LTX
 from .ltx2 import LTX2
 from .lumina2 import LUMINA2
 from .ovis_image import OVIS_IMAGE
+from .parallel import parallel_plan
 from .pixart import PIXART
 from .qwenimage import QWEN_IMAGE
 from .registry import (
@@ -77,6 +78,7 @@ __all__ = [
     "family_for_model",
     "family_for_pipeline",
     "family_named",
+    "parallel_plan",
     "register_family",
     "registered_families",
     "supported_families",

@@ -216,7 +216,8 @@ class Family:
     guidance: CrossAttentionText | None = None
     flow_matching: bool = False  # a flow-matching scheduler: bottleneck sampling can drive it
     stock_steps: int | None = None  # the stock step count (bottleneck presets' speed-ups are measured against it)
-    parallel_plan: object | None = None  # a context-parallel plan (diffusers' `_cp_plan` format)
+    parallel_plan: object | None = None  # a context-parallel plan (diffusers' `_cp_plan` format) for models without
+    # one of their own, or a function returning it (diffusers imported only when asked); see parallel.py
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -232,6 +233,11 @@ class Family:
                 raise ValueError(f"Family.{name} must be an unbottle.families.{kind.__name__} or None, got {value!r}")
         if self.stock_steps is not None:
             _positive_int("Family", "stock_steps", self.stock_steps)
+        if not (self.parallel_plan is None or isinstance(self.parallel_plan, dict) or callable(self.parallel_plan)):
+            raise ValueError(
+                "Family.parallel_plan must be a context-parallel plan (a dict in diffusers' _cp_plan format), a "
+                f"function returning one, or None, got {self.parallel_plan!r}"
+            )
 
     def supports(self, feature: str) -> bool:
         """Whether `feature` ("sparse", "bottleneck", "noise", "guidance") can drive this family: its parts exist."""

@@ -9,6 +9,7 @@ import torch
 from .family import CrossAttentionText, Family, Latents, PromptEncoding, SelfAttention
 from .latents import rounded_video_noise, signature_size_default, video_vae
 from .layout import TokenLayout, video_grid
+from .parallel import video_blocks_plan
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -35,4 +36,5 @@ SKYREELS_V2 = Family(
     ),
     flow_matching=True,
     stock_steps=50,
+    parallel_plan=video_blocks_plan,  # Wan's own plan fits: diffusers gives this class none
 )

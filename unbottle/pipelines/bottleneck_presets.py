@@ -107,8 +107,10 @@ PRESETS = MappingProxyType({
     # HunyuanVideo-1.5 720p 121 frames against its stock 50 steps. Not timed yet: predicted from FLOPs (2048 wide, 54
     # blocks; 111,600 video tokens at 720×1280, 27,900 at 360×640: attention dominates, a half-size call ≈ 0.08 of a
     # full one): 13 full + 20 × 0.08 ≈ 14.6 vs 50 (≈ 3.4×); HunyuanVideo's strengths and shifts (Table 5).
-    # Timed so far (H100, bf16, bench/results/e2e-h100-80gb-hbm3-hunyuan-video15.md): a full-size call at 480p, 121
-    # frames (49,290 video tokens + 1,985 conditioning) 9.18 s; the half-size call and the preset are not timed yet.
+    # Timed at 480p, 121 frames (H100, bf16, random weights, bench/results/e2e-h100-80gb-hbm3-hunyuan-video15.md): a
+    # full-size call (49,290 video tokens + conditioning) 9.15 s, a half-size one 0.80 s (0.087 of it), so at 480p
+    # 13 × 9.15 + 20 × 0.80 ≈ 135 s vs 50 × 9.15 ≈ 458 s (≈ 3.4×, predicted from the timed calls; the preset itself
+    # was timed only scaled to 3 steps, 1 + 1 + 1: 1.43×).
     "hunyuanvideo15-3x": ("HunyuanVideo-1.5", (
         (1.0, 5, 1.0, 7.0),
         (0.5, 20, 0.8, 9.0),

@@ -45,7 +45,7 @@ CASES: dict[str, Case] = {
     "sd3": Case("sd3", "sd3", ("stock", "sd3-2x"), 1024, 1024, None, 28, 7.0, repeats=3, text_tokens=SD3_TEXT_TOKENS),
     # Wan2.2-T2V-A14B, both experts (2 × 14.3B in bf16: 53 GiB), 81 frames at 480p to fit one 80 GB card. Sparse
     # without Re-ttention's reshape: its residual, (B, H, N, D) per layer and CFG branch, is 335 MB per layer here,
-    # 54 GB for both experts' 80 layers, which does not fit beside the weights
+    # 27 GB for the running expert's 40 layers (the other's released), which does not fit beside the weights
     "wan22": Case("wan22", "wan22", ("stock", "wan22-3x", "stock" + SPARSE, "wan22-3x" + SPARSE), 480, 832, 81, 50,
                   4.0, repeats=1, sparse={"density": 0.05, "reshape": False}),
     "qwen-image": Case("qwen-image", "qwen-image",

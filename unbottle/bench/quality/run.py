@@ -13,14 +13,13 @@ structured cross-attention guidance (`--structured`), and reward-guided noise se
 CARINOX with the default shapes-clip reward, one caption at a time: seeds 0..SEEDS−1 explored, each optimized for
 ITERS iterations; `1x0` is the plain generation of seed 0, the baseline of the noise rows; the compute column counts
 generator passes per image, forward and backward).
-Writes quality-shapes.json and quality-shapes.md.
+Writes quality-shapes.json and quality-shapes.md. `--video` scores sparse attention on clips instead (video.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import math
 import random
 import time
 from collections.abc import Callable
@@ -32,9 +31,11 @@ import torch
 
 from ...errors import UsageError
 from ...shapes import call_defaults, caption, load_pipeline, sample_scene
-from ...shapes.evaluate import Report, evaluate
-from .options import HELD_OUT_SEED, QualityOptions, parse_noise_search
+from ...shapes.evaluate import evaluate
+from .options import HELD_OUT_SEED, VIDEO_BLOCK_SIZE, QualityOptions, VideoQualityOptions, parse_noise_search
 from .report import write_outputs
+from .scores import fact_accuracy, psnr
+from .video import run_video_quality
 
 
 def held_out_captions(n: int, seed: int = HELD_OUT_SEED, kinds: tuple[str, ...] = ()) -> list[str]:
@@ -63,18 +64,6 @@ def generate(
             frames = (runner or pipe)(captions[i : i + batch], generator=gen, **kwargs).frames
             images += [(np.asarray(f[0]) * 255).round().astype(np.uint8) for f in frames]  # first (only) frame
     return np.stack(images)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between uint8 images (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
-
-
-def fact_accuracy(report: Report) -> float:
-    """The fraction of all caption facts that hold (finer than the all-facts-right accuracy)."""
-    total = sum(report.fact_counts.values())
-    return sum(report.per_fact[f] * n for f, n in report.fact_counts.items()) / total if total else math.nan
 
 
 def _row(name: str, images: np.ndarray, captions: list[str], stock: np.ndarray, seconds: float) -> dict:
@@ -172,26 +161,59 @@ def noise_search_rows(
     return rows
 
 
-def run_from_cli(args: argparse.Namespace) -> int:
-    """`unbottle bench quality`: run on CUDA if present (else CPU), print the markdown table, write both files."""
-    from ...cli.bottleneck import parse_stages
-    from ...cli.output import prepare_output_folder, remove_empty_folders
+def video_options(args: argparse.Namespace) -> VideoQualityOptions:
+    """`bench quality --video`'s settings from parsed arguments; UsageError naming an image-only option or a bad
+    value."""
+    image_only = {"--presets": args.presets, "--stages": args.stages, "--structured": args.structured,
+                  "--kinds": args.kinds, "--noise-seeds": args.noise_seeds != 1, "--noise": args.noise}  # fmt: skip
+    given = [name for name, value in image_only.items() if value]
+    if given:
+        raise UsageError(f"bench quality --video compares sparse attention only; {', '.join(given)}: images only")
+    try:
+        return VideoQualityOptions(
+            captions=args.captions, steps=args.steps, sparse=tuple(args.sparse), patterns=tuple(args.sparse_patterns),
+            reshape=tuple(args.reshape or (True,)), block_sizes=tuple(args.sparse_block_sizes or (VIDEO_BLOCK_SIZE,)),
+            **({} if args.frames is None else {"frames": args.frames}),
+            **({} if args.caption_seed is None else {"seed": args.caption_seed}),
+        )  # fmt: skip
+    except ValueError as e:
+        raise UsageError(f"bench quality --video: {e}") from e
 
+
+def image_options(args: argparse.Namespace) -> QualityOptions:
+    """`bench quality`'s image settings from parsed arguments; UsageError naming a video-only option or a bad value."""
+    from ...cli.bottleneck import parse_stages
+
+    video_only = {"--frames": args.frames, "--reshape": args.reshape, "--sparse-block-sizes": args.sparse_block_sizes}
+    given = [name for name, value in video_only.items() if value is not None]
+    if given:
+        raise UsageError(f"bench quality: {', '.join(given)}: clips only; add --video")
+    if len(args.sparse_patterns) > 1:
+        raise UsageError(f"bench quality: --sparse-patterns takes one pattern on images (several with --video), got "
+                         f"{','.join(args.sparse_patterns)}")  # fmt: skip
     stages = tuple(tuple(parse_stages(text, "--stages")) for text in args.stages)  # UsageError naming the stage
     try:
-        options = QualityOptions(captions=args.captions, steps=args.steps, sparse=tuple(args.sparse),
-                                 sparse_pattern=args.sparse_pattern, bottleneck=tuple(args.presets), stages=stages,
-                                 seed=args.caption_seed,
-                                 structured=args.structured, kinds=tuple(args.kinds),
-                                 noise_seeds=args.noise_seeds,
-                                 noise_search=tuple(parse_noise_search(args.noise)) if args.noise else ())  # fmt: skip
+        return QualityOptions(captions=args.captions, steps=args.steps, sparse=tuple(args.sparse),
+                              sparse_pattern=args.sparse_patterns[0], bottleneck=tuple(args.presets), stages=stages,
+                              seed=HELD_OUT_SEED if args.caption_seed is None else args.caption_seed,
+                              structured=args.structured, kinds=tuple(args.kinds),
+                              noise_seeds=args.noise_seeds,
+                              noise_search=tuple(parse_noise_search(args.noise)) if args.noise else ())  # fmt: skip
     except ValueError as e:
         raise UsageError(f"bench quality: {e}") from e
+
+
+def run_from_cli(args: argparse.Namespace) -> int:
+    """`unbottle bench quality`: run on CUDA if present (else CPU), print the markdown table, write both files."""
+    from ...cli.output import prepare_output_folder, remove_empty_folders
+
+    options = video_options(args) if args.video else image_options(args)
     created: list[Path] = []
     out_dir = prepare_output_folder(args.output, created)  # before the run: a bad -o loses no work
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        results = run_quality(options, device=device)
+        run = run_video_quality if args.video else run_quality
+        results = run(options, device=device)
         _, md_path = write_outputs(results, out_dir)
     except BaseException:  # a failed or interrupted run takes back the empty folders that -o made
         remove_empty_folders(created)
