@@ -81,7 +81,7 @@ def test_cli_bad_density_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "quality", "--sparse", "2"])
     assert e.value.code == 2
-    assert "--sparse takes numbers in (0, 1], got 2.0" in capsys.readouterr().err
+    assert "--sparse must be a number (each of the list) in (0, 1], got 2.0" in capsys.readouterr().err
 
 
 def test_bottleneck_preset_row_uses_its_own_schedule():

@@ -59,7 +59,7 @@ def test_defaults_are_the_models_clip_and_the_held_out_motion_set():
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--sparse", "2"], "--sparse takes numbers in (0, 1], got 2.0"),
+    [(["--sparse", "2"], "--sparse must be a number (each of the list) in (0, 1], got 2.0"),
      (["--sparse-patterns", "cached,diagonal"],
       "--sparse-patterns takes names from cached, window, dynamic, got 'cached,diagonal'"),
      (["--reshape", "on,maybe"], "--reshape takes on, off or on,off, got 'on,maybe'"),

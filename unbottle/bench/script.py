@@ -4,7 +4,6 @@ parsers of options that several suites take."""
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -80,13 +79,6 @@ def parse_names(text: str, allowed: tuple[str, ...] | dict, option: str) -> list
 
 def parse_densities(text: str, option: str = "--densities") -> list[float]:
     """Block densities in (0, 1], comma-separated, e.g. `1,0.1,0.03`; errors name `option`."""
-    densities = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} takes numbers in (0, 1], got {part.strip()!r}") from None
-        if not (math.isfinite(value) and 0.0 < value <= 1.0):
-            raise argparse.ArgumentTypeError(f"{option} takes numbers in (0, 1], got {value}")
-        densities.append(value)
-    return densities
+    from ..cli.options import unit_fraction
+
+    return [unit_fraction(part, option, "a number (each of the list)") for part in text.split(",")]

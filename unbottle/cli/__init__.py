@@ -16,7 +16,16 @@ from ..errors import CLIError, UsageError
 from ..pipelines.bottleneck_presets import PRESETS
 from .bottleneck import STAGES_HELP, check_bottleneck_args, make_sampler
 from .noise import check_noise_args, make_search_runner
-from .options import MAX_GEN_LENGTH, MAX_SEED, MAX_STEPS, device_and_dtype, positive_int, run_options, seed
+from .options import (
+    MAX_GEN_LENGTH,
+    MAX_SEED,
+    MAX_STEPS,
+    device_and_dtype,
+    positive_int,
+    run_options,
+    seed,
+    unit_fraction,
+)  # fmt: skip
 
 
 def _guidance_error(value: object) -> str | None:
@@ -39,13 +48,7 @@ def _guidance_scale(text: str) -> float:
 
 
 def _density(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--sparse must be a density in (0, 1], got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise argparse.ArgumentTypeError(f"--sparse must be a density in (0, 1], got {value}")
-    return value
+    return unit_fraction(text, "--sparse", "a density")
 
 
 def _image_file(text: str) -> Path:

@@ -7,23 +7,15 @@ pattern file (`unbottle.load_head_patterns`), and their realized density printed
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from ..attention_processors.config import MAX_BLOCK_SIZE
 from ..errors import RunError, UsageError
-from .options import positive_int, run_options, seed
+from .options import positive_int, run_options, seed, unit_fraction
 
 
 def _coverage(text: str) -> float:
-    """`--coverage`: a finite number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--coverage must be a softmax mass in (0, 1], got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise argparse.ArgumentTypeError(f"--coverage must be a softmax mass in (0, 1], got {value}")
-    return value
+    return unit_fraction(text, "--coverage", "a softmax mass")
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> None:

@@ -4,6 +4,7 @@ options (device, dtype, remote code, quiet) and the device/dtype they resolve to
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..attention_processors.config import MAX_BLOCK_SIZE
 from ..errors import UsageError
@@ -13,6 +14,17 @@ MAX_STEPS = 1000  # denoising steps: the training timesteps of diffusers' schedu
 MAX_GEN_LENGTH = 8192  # generated tokens (and text steps: a diffusion LM fixes at least one token a step)
 # the largest value of the count options that have one, on every verb that takes them
 UPPER_BOUNDS = {"--steps": MAX_STEPS, "--gen-length": MAX_GEN_LENGTH, "--sparse-block-size": MAX_BLOCK_SIZE}
+
+
+def unit_fraction(text: str, name: str, what: str) -> float:
+    """`text` as a number in (0, 1] (a density, a softmax mass), argparse errors naming `name` and `what` it is."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} must be {what} in (0, 1], got {text.strip()!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{name} must be {what} in (0, 1], got {value}")
+    return value
 
 
 def positive_int(name: str, high: int | None = None):

@@ -31,10 +31,9 @@ import torch
 
 from ...errors import UsageError
 from ...shapes import call_defaults, caption, load_pipeline, sample_scene
-from ...shapes.evaluate import evaluate
 from .options import HELD_OUT_SEED, VIDEO_BLOCK_SIZE, QualityOptions, VideoQualityOptions, parse_noise_search
 from .report import write_outputs
-from .scores import fact_accuracy, psnr
+from .scores import score_row
 from .video import run_video_quality
 
 
@@ -66,17 +65,6 @@ def generate(
     return np.stack(images)
 
 
-def _row(name: str, images: np.ndarray, captions: list[str], stock: np.ndarray, seconds: float) -> dict:
-    report = evaluate(zip(images, captions, strict=True))
-    return {
-        "setting": name, "accuracy": report.accuracy, "fact_accuracy": fact_accuracy(report),
-        "per_category": report.per_category, "category_counts": report.category_counts,
-        "per_fact": report.per_fact, "fact_counts": report.fact_counts,
-        "psnr_vs_stock": psnr(images, stock),  # over the whole set (a mean of per-image PSNRs is inf if one matches)
-        "seconds": round(seconds, 2),
-    }  # fmt: skip
-
-
 def run_quality(
     options: QualityOptions, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     log: Callable[[str], None] = print,
@@ -93,7 +81,7 @@ def run_quality(
     generate_all = functools.partial(generate, noise_seeds=options.noise_seeds)
     start = time.perf_counter()
     stock = generate_all(pipe, prompts, options.steps, options.batch)
-    rows = [_row("stock", stock, captions, stock, time.perf_counter() - start)]
+    rows = [score_row("stock", stock, captions, stock, time.perf_counter() - start)]
     log(f"stock: accuracy {rows[-1]['accuracy']:.3f}")
     for density in options.sparse:
         config = SparseAttentionConfig(density=density, pattern=options.sparse_pattern,
@@ -105,7 +93,7 @@ def run_quality(
         finally:
             disable_sparse_attention(pipe)
         name = f"sparse {density:g} ({options.sparse_pattern}, block {options.sparse_block_size})"
-        rows.append(_row(name, images, captions, stock, time.perf_counter() - start))
+        rows.append(score_row(name, images, captions, stock, time.perf_counter() - start))
         log(f"{name}: accuracy {rows[-1]['accuracy']:.3f}, PSNR vs stock {rows[-1]['psnr_vs_stock']:.1f} dB")
     if options.structured:
         from ...guidance import disable_structured_guidance, enable_structured_guidance
@@ -116,7 +104,7 @@ def run_quality(
             images = generate_all(pipe, prompts, options.steps, options.batch)
         finally:
             disable_structured_guidance(pipe)
-        rows.append(_row("structured guidance", images, captions, stock, time.perf_counter() - start))
+        rows.append(score_row("structured guidance", images, captions, stock, time.perf_counter() - start))
         log(f"structured guidance: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
     samplers = [(preset, BottleneckSampler.from_preset(pipe, preset)) for preset in options.bottleneck]
     samplers += [(format_stages(stages), BottleneckSampler(pipe, list(stages))) for stages in options.stages]
@@ -124,7 +112,8 @@ def run_quality(
         start = time.perf_counter()
         images = generate_all(pipe, prompts, None, options.batch, runner=sampler)
         steps = "/".join(str(s.steps) for s in sampler.stages)
-        rows.append(_row(f"bottleneck {name} ({steps} steps)", images, captions, stock, time.perf_counter() - start))
+        name = f"bottleneck {name} ({steps} steps)"
+        rows.append(score_row(name, images, captions, stock, time.perf_counter() - start))
         log(f"{rows[-1]['setting']}: accuracy {rows[-1]['accuracy']:.3f}, PSNR {rows[-1]['psnr_vs_stock']:.1f} dB")
     if options.noise_search:
         rows += noise_search_rows(pipe, prompts, options, stock[: len(prompts)], device, log)
@@ -151,7 +140,7 @@ def noise_search_rows(
             frames = np.asarray(search(prompt, **kwargs).output.frames)  # (1, 1, H, W, 3) in [0, 1]
             images.append((frames[0, 0] * 255).round().astype(np.uint8))
         name = f"noise search {seeds} seed{'s' * (seeds > 1)} × {iterations} it"
-        row = _row(name, np.stack(images), prompts, stock, time.perf_counter() - start)
+        row = score_row(name, np.stack(images), prompts, stock, time.perf_counter() - start)
         # generator passes per image: each seed's iterates are generated; all but the last are backpropagated
         row["forward_passes"] = seeds * max(1, iterations)
         row["backward_passes"] = seeds * max(0, iterations - 1)

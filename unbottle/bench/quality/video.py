@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from ...shapes import call_defaults, caption, load_pipeline, sample_scene
-from ...shapes.evaluate import evaluate
 from .options import VIDEO_HELD_OUT_SEED, SparseSetting, VideoQualityOptions
-from .scores import fact_accuracy, psnr
+from .scores import score_row
 
 
 def held_out_video_captions(n: int, seed: int = VIDEO_HELD_OUT_SEED) -> list[str]:
@@ -69,18 +68,6 @@ def sparse_clips(
     return clips, density, seconds
 
 
-def video_row(name: str, clips: np.ndarray, captions: list[str], stock: np.ndarray, seconds: float) -> dict:
-    """One row: the evaluator's accuracy, fact and per-fact accuracy on the clips, PSNR vs the stock clips, time."""
-    report = evaluate(zip(clips, captions, strict=True))
-    return {
-        "setting": name, "accuracy": report.accuracy, "fact_accuracy": fact_accuracy(report),
-        "per_fact": report.per_fact, "fact_counts": report.fact_counts,
-        "per_category": report.per_category, "category_counts": report.category_counts,
-        "psnr_vs_stock": psnr(clips, stock),  # over every frame and pixel of the set
-        "seconds": round(seconds, 2),
-    }  # fmt: skip
-
-
 def run_video_quality(
     options: VideoQualityOptions, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     log: Callable[[str], None] = print,
@@ -91,12 +78,12 @@ def run_video_quality(
     captions = held_out_video_captions(options.captions, options.seed)
     start = time.perf_counter()
     stock = generate_clips(pipe, captions, options.steps, options.batch, options.frames)
-    rows = [video_row("stock", stock, captions, stock, time.perf_counter() - start)]
+    rows = [score_row("stock", stock, captions, stock, time.perf_counter() - start)]
     rows[0].update(density=None, pattern=None, reshape=None, block_size=None, realized_density=None)
     log(f"stock: accuracy {rows[0]['accuracy']:.3f}")
     for setting in options.grid():
         clips, density, seconds = sparse_clips(pipe, captions, setting, options)
-        row = video_row(setting.name, clips, captions, stock, seconds)
+        row = score_row(setting.name, clips, captions, stock, seconds)
         row.update(asdict(setting), realized_density=density)
         rows.append(row)
         realized = "–" if density is None else f"{density:.3f}"
