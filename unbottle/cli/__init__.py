@@ -26,6 +26,7 @@ from .options import (
     seed,
     unit_fraction,
 )  # fmt: skip
+from .parallel import add_option as add_parallel_option
 
 
 def _guidance_error(value: object) -> str | None:
@@ -77,6 +78,7 @@ def _generation_options(sub: argparse.ArgumentParser, *, video: bool) -> None:
                      help="classifier-free guidance scale ≥ 0 (default: the model's)")  # fmt: skip
     sub.add_argument("--negative-prompt", help="negative prompt, for models that take one")
     run_options(sub)
+    add_parallel_option(sub)
     sub.add_argument("--sparse", type=_density, metavar="DENSITY", help="sparse attention at this block density")
     sub.add_argument("--sparse-pattern", choices=["cached", "dynamic", "window"], default="cached",
                      help="which blocks: cached (SparseD, default), dynamic, window")  # fmt: skip
@@ -174,18 +176,36 @@ def _run(args: argparse.Namespace) -> int:
 
     stages = check_bottleneck_args(args) if args.verb != "text" else None
     _check_search_seeds(args)
+    world = _parallel_world(args) if getattr(args, "parallel", None) else None
     suffixes = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES, "text": None}[args.verb]
     created: list = []
-    output = prepare_output(args.output, suffixes, created) if args.output is not None else None
+    writes = args.output is not None and (world is None or world.rank == 0)  # under --parallel, rank 0 writes
+    output = prepare_output(args.output, suffixes, created) if writes else None
     try:
-        return _generate(args, output, stages)
+        if world is None:
+            return _generate(args, output, stages)
+        from .parallel import process_group
+
+        with process_group(world, args.device):
+            return _generate(args, output, stages, world)
     except BaseException:  # a failed or interrupted run takes back the empty folders that -o made
         remove_empty_folders(created)
         raise
 
 
-def _generate(args: argparse.Namespace, output: object, stages: list | None) -> int:
-    """Load the model and generate with the checked options; write `output` (a Path, or None for text)."""
+def _parallel_world(args: argparse.Namespace) -> object:
+    """`--parallel`: the torchrun world, with this rank's device in args.device and progress bars on rank 0 only."""
+    from .parallel import rank_device, torchrun_world
+
+    world = torchrun_world()
+    args.device = rank_device(device_and_dtype(args)[0], world)
+    args.quiet = args.quiet or world.rank > 0
+    return world
+
+
+def _generate(args: argparse.Namespace, output: object, stages: list | None, world: object = None) -> int:
+    """Load the model and generate with the checked options; write `output` (a Path, or None: text to stdout only, or
+    a `--parallel` rank other than 0); `world` is the torchrun world under `--parallel`."""
     from ..defaults import EMBEDDED
     from .loading import load_pipeline
 
@@ -196,6 +216,10 @@ def _generate(args: argparse.Namespace, output: object, stages: list | None) -> 
     pipe = load_pipeline(args.model, args.verb, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=args.quiet)
+    if world is not None:  # before sparse attention, which shards its patterns by the parallelism it finds
+        from .parallel import enable_ulysses
+
+        enable_ulysses(pipe, world)
     if getattr(args, "sparse", None) is not None:
         _enable_sparse(pipe, args, default)
     if getattr(args, "structured", False):
@@ -225,7 +249,8 @@ def _generate(args: argparse.Namespace, output: object, stages: list | None) -> 
     else:
         frames = args.frames if args.frames is not None else (default.frames if default else None)
         path = generate_video(pipe, args.prompt, output, frames=frames, fps=args.fps, image=args.image, **common)
-    print(f"wrote {path}", file=sys.stderr)
+    if path is not None:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -84,10 +84,11 @@ def _call_kwargs(pipe: object, prompt: str, *, steps: int | None, seed: int, hei
     return kwargs
 
 
-def generate_image(pipe: object, prompt: str, output: Path, *, steps: int | None = None, seed: int = 0,
+def generate_image(pipe: object, prompt: str, output: Path | None, *, steps: int | None = None, seed: int = 0,
                    height: int | None = None, width: int | None = None, guidance_scale: float | None = None,
-                   negative_prompt: str | None = None, runner: Callable | None = None) -> Path:  # fmt: skip
-    """Generate one image with an image pipeline, or the first frame of a 1-frame video pipeline; write it.
+                   negative_prompt: str | None = None, runner: Callable | None = None) -> Path | None:  # fmt: skip
+    """Generate one image with an image pipeline, or the first frame of a 1-frame video pipeline; write it (not
+    when `output` is None: a `--parallel` rank other than 0).
 
     `runner` generates in the pipeline's place with its call signature (a BottleneckSampler)."""
     check_size(pipe, height, width, 1 if is_video_pipeline(pipe) else None)
@@ -95,17 +96,18 @@ def generate_image(pipe: object, prompt: str, output: Path, *, steps: int | None
                           guidance_scale=guidance_scale, negative_prompt=negative_prompt)  # fmt: skip
     run = runner or pipe
     if is_video_pipeline(pipe):
-        frames = run(num_frames=1, output_type="np", **kwargs).frames  # (B, F, H, W, 3)
-        return save_image(frames[0][0], output)
-    return save_image(run(output_type="pil", **kwargs).images[0], output)
+        image = run(num_frames=1, output_type="np", **kwargs).frames[0][0]  # (H, W, 3) of (B, F, H, W, 3)
+    else:
+        image = run(output_type="pil", **kwargs).images[0]
+    return save_image(image, output) if output is not None else None
 
 
-def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | None = None, fps: int = 8,
+def generate_video(pipe: object, prompt: str, output: Path | None, *, frames: int | None = None, fps: int = 8,
                    steps: int | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
                    guidance_scale: float | None = None, negative_prompt: str | None = None,
-                   runner: Callable | None = None, image: Path | None = None) -> Path:  # fmt: skip
+                   runner: Callable | None = None, image: Path | None = None) -> Path | None:  # fmt: skip
     """Generate a video with a video pipeline (or `runner` in its place), from a first-frame `image` for an
-    image-to-video pipeline, and write it as MP4."""
+    image-to-video pipeline, and write it as MP4 (not when `output` is None: a `--parallel` rank other than 0)."""
     if not is_video_pipeline(pipe):
         raise UsageError(f"--model: {type(pipe).__name__} makes images, not videos; use `unbottle image`")
     check_size(pipe, height, width, frames)
@@ -121,7 +123,7 @@ def generate_video(pipe: object, prompt: str, output: Path, *, frames: int | Non
     elif parameter is not None and parameter.default is inspect.Parameter.empty:
         raise UsageError(f"--image: {type(pipe).__name__} is image-to-video; give its first frame with --image FILE")
     video = (runner or pipe)(output_type="np", **kwargs).frames[0]  # (F, H, W, 3) in [0, 1]
-    return save_video(video, output, fps=fps)
+    return save_video(video, output, fps=fps) if output is not None else None
 
 
 def dlm_block_length(gen_length: int, steps: int, largest: int = 32) -> int:
