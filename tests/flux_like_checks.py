@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from pipeline_checks import Channel
+from pipeline_checks import Channel, max_diff, seed
 
 import unbottle
 from unbottle.attention_processors.enable import attention_processors
@@ -32,18 +32,10 @@ LOW = unbottle.SparseAttentionConfig(density=0.3, block_size=8, full_steps=1, re
 LAYERS = {"transformer_blocks.0.attn", "single_transformer_blocks.0.attn"}
 
 
-def seed(s: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(s)
-
-
 def stock(pipe, prompt=PROMPT, steps=2, s=0, output_type="np", **kwargs):
     """The stock pipeline's images for `prompt` with seed `s` at the tests' size."""
     return pipe(prompt, num_inference_steps=steps, generator=seed(s), output_type=output_type,
                 **{**CALL, **kwargs}).images  # fmt: skip
-
-
-def max_diff(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
 class Recorder:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pipeline_checks import Channel
+from pipeline_checks import Channel, max_diff, seed
 
 import unbottle
 from unbottle.families import UnsupportedModelError, family_for_model, family_for_pipeline
@@ -27,14 +27,6 @@ DENSE = unbottle.SparseAttentionConfig(density=1.0, block_size=BLOCK, full_steps
 EVERY_BLOCK = unbottle.SparseAttentionConfig(density=0.9999, block_size=BLOCK, reshape=False, full_steps=0)
 SPARSE = unbottle.SparseAttentionConfig(density=0.25, block_size=BLOCK, reshape=False, full_steps=0)
 Stage = unbottle.Stage
-
-
-def seed(s: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(s)
-
-
-def max_diff(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
+from pipeline_checks import max_diff, seed
 
 import unbottle
 from unbottle.families import UnsupportedModelError, family_for_pipeline
@@ -41,20 +42,12 @@ def _always_disable(pipe):
     unbottle.disable_sparse_attention(pipe)
 
 
-def seed(s=0):
-    return torch.Generator().manual_seed(s)
-
-
 def run(pipe, s=0, **kwargs):
     return pipe(PROMPT, generator=seed(s), output_type="np", **{**CALL, **kwargs}).frames
 
 
 def without_steps(call):
     return {k: v for k, v in call.items() if k != "num_inference_steps"}
-
-
-def max_diff(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
 def denoiser_inputs(pipe):

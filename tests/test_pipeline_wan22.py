@@ -6,7 +6,7 @@ runs through both experts."""
 import numpy as np
 import pytest
 import torch
-from pipeline_checks import Channel
+from pipeline_checks import Channel, max_diff
 from safetensors import safe_open
 
 import unbottle
@@ -39,10 +39,6 @@ def _always_disable(pipe):
 
 def run(pipe, seed=0, **kwargs):
     return pipe(PROMPT, generator=torch.Generator().manual_seed(seed), output_type="np", **{**CALL, **kwargs}).frames
-
-
-def max_diff(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
 def expert_calls(pipe):

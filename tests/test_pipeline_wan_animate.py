@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+from pipeline_checks import max_diff, seed
 
 import unbottle
 from unbottle.families import UnsupportedModelError, family_for_model, family_for_pipeline, family_named
@@ -38,18 +39,10 @@ def _always_disable(pipe):
     unbottle.disable_sparse_attention(pipe)  # a failing test must not leave sparse attention on the shared pipeline
 
 
-def seed(s=0):
-    return torch.Generator().manual_seed(s)
-
-
 def run(pipe, frames=ONE_SEGMENT, mode="animate", s=0, output_type="np", **kwargs):
     inputs = tiny_wan_animate_inputs(frames, replace=mode == "replace")
     return pipe(prompt=PROMPT, **inputs, mode=mode, generator=seed(s), output_type=output_type,
                 **{**CALL, **kwargs}).frames  # fmt: skip
-
-
-def max_diff(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
 def first_inputs(pipe, **kwargs):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from pipeline_checks import Channel
+from pipeline_checks import Channel, max_diff, seed
 
 import unbottle
 from unbottle.families import family_for_pipeline
@@ -25,14 +25,6 @@ DENSE = unbottle.SparseAttentionConfig(density=1.0, block_size=BLOCK, full_steps
 EVERY_BLOCK = unbottle.SparseAttentionConfig(density=0.9999, block_size=BLOCK, reshape=False, full_steps=0)
 SELF_ATTENTION = {"blocks.0.attn1", "blocks.1.attn1", "vace_blocks.0.attn1", "vace_blocks.1.attn1"}
 Stage = unbottle.Stage
-
-
-def seed(s: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(s)
-
-
-def max_diff(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
 @pytest.fixture(scope="module")

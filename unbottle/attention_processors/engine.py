@@ -24,7 +24,7 @@ from ..families.layout import TokenLayout
 from .block_mask import num_blocks, pattern_to_block_mask
 from .block_sparse import block_sparse_attention, block_sparse_attention_key_masked, dense_attention_with_lse
 from .config import SparseAttentionConfig
-from .key_mask import factor_key_mask
+from .key_mask import KeyMask, factor_key_mask
 from .patterns import (
     block_sizes,
     diagonal_blocks,
@@ -85,6 +85,12 @@ class AttentionCall:
     scale: float
     mask: torch.Tensor | None = None  # for the attention math (bool or additive), broadcastable to (B, 1, Nq, Nk)
     allowed: torch.Tensor | None = None  # bool "may attend" version of `mask`, for selection among real keys
+    key_mask: KeyMask | None = None  # `mask` as its key vector, where it is a padding mask (factored once, in attend)
+
+    @property
+    def dense_mask(self) -> torch.Tensor | KeyMask | None:
+        """The mask for exact attention: the key vector where there is one (FlexAttention takes it on CUDA)."""
+        return self.key_mask if self.key_mask is not None else self.mask
 
 
 class PatternProvider(Protocol):
@@ -135,7 +141,7 @@ class DiTPatterns:
                 scores = window_scores(self.layout, n, bs, q.device)
             else:  # cached: SparseD's exact tile importance, once per layer and resolution
                 if lse_full is None:  # a sparse step before any refresh (no reshape): one exact pass for the LSE
-                    lse_full = dense_attention_with_lse(q, k, v, call.mask, call.scale)[1]
+                    lse_full = dense_attention_with_lse(q, k, v, call.dense_mask, call.scale)[1]
                 scores = exact_block_importance(q, k, lse_full, bs, call.scale, attn_mask=call.mask)
             forced, max_forced = self._forced(n, q.device)
             if cfg.coverage is not None:  # cached only: top-p of the tile masses (tile means × tile sizes = sums)
@@ -243,12 +249,9 @@ def block_sparse_kernels(fast: Callable | None = None, masked: Callable | None =
 def run_block_sparse(call: AttentionCall, block_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention of `call` over `block_mask`: (out (B, H, Nq, D), lse (B, H, Nq))."""
     fast, masked = _KERNELS.get()
-    if call.mask is not None:
-        b, _, nq, _ = call.q.shape
-        key_mask = None if masked is not None else factor_key_mask(call.mask, b, nq, call.k.shape[2])
-        if key_mask is not None:  # padding: FlexAttention takes the key vector as a bias
-            return block_sparse_attention_key_masked(call.q, call.k, call.v, block_mask, key_mask, scale=call.scale)
-        # other masks (causality, per-head): the reference honours them
+    if call.key_mask is not None and masked is None:  # padding: FlexAttention takes the key vector as a bias
+        return block_sparse_attention_key_masked(call.q, call.k, call.v, block_mask, call.key_mask, scale=call.scale)
+    if call.mask is not None:  # other masks (causality, per head): the reference honours them
         return (masked or block_sparse_attention_reference)(call.q, call.k, call.v, block_mask, scale=call.scale,
                                                             attn_mask=call.mask)  # fmt: skip
     return (fast or block_sparse_attention)(call.q, call.k, call.v, block_mask, scale=call.scale, return_lse=True)
@@ -265,7 +268,8 @@ def attend(
     if key_mask is None:
         return _attend(call, kind, state, patterns, config)
     # a padding mask (e.g. HunyuanVideo-1.5's (B, 1, N, N) text mask) runs as its key vector; rows with no key are 0
-    out = _attend(replace(call, mask=key_mask.as_attn_mask()), kind, state, patterns, config)
+    keys = KeyMask(key_mask.keys)  # the rows with no key are zeroed once, here
+    out = _attend(replace(call, mask=keys.as_attn_mask(), key_mask=keys), kind, state, patterns, config)
     return key_mask.zero_empty_rows(out)
 
 
@@ -276,7 +280,7 @@ def _attend(
     if kind is StepKind.SPARSE and config.reshape and stale:
         kind = StepKind.REFRESH  # no statistics for this shape yet (first call, new resolution): capture them
     if kind is StepKind.REFRESH:
-        out_full, lse_full = dense_attention_with_lse(call.q, call.k, call.v, call.mask, call.scale)
+        out_full, lse_full = dense_attention_with_lse(call.q, call.k, call.v, call.dense_mask, call.scale)
         out_sparse, lse_sparse = run_block_sparse(call, patterns.block_mask(call, state, lse_full))
         state.rho, state.residual = capture_statistics(out_full, lse_full, out_sparse, lse_sparse)
         state.sparse_since_refresh = 0
