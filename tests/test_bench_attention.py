@@ -71,6 +71,37 @@ def test_mask_is_seeded_deterministic_and_nested_across_densities():
         assert set(narrow[:nc].tolist()) <= set(wide[:wc].tolist())
 
 
+def test_calibrated_mask_keeps_the_fewest_blocks_holding_one_coverage_at_the_uniform_mean():
+    from unbottle.attention_processors.patterns import keep_count
+
+    n, heads, density = 4096, 4, 0.1  # 32 key blocks: the uniform budget keeps 4 per row
+    indices, counts, coverage = bench.calibrated_block_pattern(n, heads, density, 128, seed=0)
+    nb = 32
+    assert counts.shape == (1, heads, nb) and indices.dtype == counts.dtype == torch.int32 and 0 < coverage < 1
+    assert float(counts.double().mean()) / nb == pytest.approx(keep_count(density, nb) / nb, abs=0.01)
+    per_head = counts.double().mean(-1).flatten()  # (H,): head 0 diffuse keeps most, head H - 1 peaked keeps fewest
+    assert per_head[0] > per_head[-1] and len(set(counts.flatten().tolist())) > 2  # counts vary per row
+    # rebuild the masses as the definition states: each row's kept blocks are its top-mass blocks reaching coverage
+    generator = torch.Generator().manual_seed(0)
+    temperature = torch.logspace(math.log10(0.5), math.log10(4.0), heads).view(1, heads, 1, 1)
+    mass = (torch.randn(1, heads, nb, nb, generator=generator) * temperature).softmax(-1).double()
+    for h in range(heads):
+        for q in range(nb):
+            count = int(counts[0, h, q])
+            ranked = mass[0, h, q].sort(descending=True).values
+            kept = mass[0, h, q, indices[0, h, q, :count].long()]
+            assert torch.equal(kept.sort(descending=True).values, ranked[:count])  # the top blocks by mass
+            assert float(ranked[: count - 1].sum()) < coverage <= float(ranked[:count].sum()) + 1e-6  # the fewest
+
+
+def test_calibrated_budget_is_an_option_and_labelled_in_the_table():
+    parser = bench.build_parser()
+    options = bench.options_from_args(parser.parse_args(["--budget", "calibrated", "--densities", "0.1"]))
+    assert options.budget == "calibrated" and bench.options_from_args(parser.parse_args([])).budget == "uniform"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--budget", "topp"])
+
+
 # ---- FLOPs --------------------------------------------------------------------------------------------------------
 
 

@@ -40,6 +40,8 @@ from unbottle.shapes import parse_caption
      ({"frames": 1}, "frames must be 4k + 1 ≥ 5 (the VAE packs 4 frames into a latent frame; e.g. 5, 9, 17, 33), "
                      "got 1"),
      ({"captions": 0}, "captions must be an integer ≥ 1, got 0"),
+     ({"coverage": (0.0,)}, "coverage must be in (0, 1], got 0.0"),
+     ({"coverage": (0.9, 0.9)}, "coverage values must differ"),
      ({"steps": 0}, "steps must be an integer ≥ 1, got 0")],
 )  # fmt: skip
 def test_bad_options_name_the_field(kwargs, message):
@@ -81,6 +83,7 @@ def test_cli_bad_values_exit_2_naming_the_option(args, message, capsys, tmp_path
      (["--video", "--presets", "wan-2x", "--structured"],
       "bench quality --video compares sparse attention only; --presets, --structured: images only"),
      (["--reshape", "off"], "bench quality: --reshape: clips only; add --video"),
+     (["--coverage", "0.9"], "bench quality: --coverage: clips only; add --video"),
      (["--frames", "17", "--sparse-block-sizes", "32"],
       "bench quality: --frames, --sparse-block-sizes: clips only; add --video"),
      (["--sparse-patterns", "cached,window"],
@@ -94,6 +97,22 @@ def test_cli_mode_and_value_errors_exit_2(args, message, capsys, tmp_path):
 
 def parse(*args: str):
     return build_parser().parse_args(["bench", "quality", *args])
+
+
+def test_coverage_rows_are_cached_per_block_size_and_reshape():
+    options = video_options(parse("--video", "--coverage", "0.9,0.5", "--reshape", "on,off",
+                                  "--sparse-block-sizes", "32", "--sparse-patterns", "window"))  # fmt: skip
+    assert options.grid() == []  # no --sparse: no uniform grid rows
+    assert options.coverage_grid() == [SparseSetting(None, "cached", r, 32, coverage=c)
+                                       for r in (True, False) for c in (0.9, 0.5)]  # fmt: skip
+    calibrated = options.coverage_grid()[0]
+    assert calibrated.name == "coverage 0.9 (cached, block 32, reshape on)"
+    assert calibrated.config_kwargs() == {"coverage": 0.9, "pattern": "cached", "reshape": True, "block_size": 32}
+    uniform = SparseSetting(0.4123, "cached", True, 32, matched=0.9)
+    assert uniform.name == "sparse 0.412 (cached, block 32, reshape on, uniform at coverage 0.9's density)"
+    assert uniform.config_kwargs() == {"density": 0.4123, "pattern": "cached", "reshape": True, "block_size": 32}
+    with pytest.raises(SystemExit):
+        parse("--video", "--coverage", "1.5")
 
 
 def test_single_sparse_pattern_still_drives_the_image_rows():
@@ -223,6 +242,22 @@ def test_outputs_have_the_video_columns(tiny_run, tmp_path):
     assert "1 held-out motion captions (seed 10001), 5 frames, 2 steps" in table
     assert "realized density: kept tiles / all tiles the sparse steps computed" in table
 
+
+
+def test_coverage_row_is_followed_by_uniform_density_at_its_realized_density():
+    options = VideoQualityOptions(captions=1, steps=2, batch=1, frames=5, coverage=(0.6,))
+    rows = run_video_quality(options, log=lambda _: None)["rows"]
+    assert [r["setting"] for r in rows[:2]] == ["stock", "coverage 0.6 (cached, block 64, reshape on)"]
+    calibrated, uniform = rows[1], rows[2]
+    assert (calibrated["coverage"], calibrated["density"], calibrated["matched"]) == (0.6, None, None)
+    realized = calibrated["realized_density"]
+    assert 0 < realized < 1
+    assert (uniform["density"], uniform["coverage"], uniform["matched"]) == (round(realized, 4), None, 0.6)
+    assert uniform["setting"] == f"sparse {round(realized, 4):.3g} (cached, block 64, reshape on, uniform at " \
+        "coverage 0.6's density)"
+    # 512 tokens = 8 key blocks of 64: a uniform budget matches the calibrated mean to within one block a row
+    assert abs(uniform["realized_density"] - realized) <= 1 / 8
+    assert math.isfinite(calibrated["psnr_vs_stock"]) and math.isfinite(uniform["psnr_vs_stock"])
 
 
 def test_cli_video_run_writes_the_video_files(tmp_path, capsys):

@@ -48,6 +48,8 @@ def test_video_preset_runs_at_the_requested_size(tmp_path):
         (["--bottleneck-stages", "1:4:1.5:none"], "strength must be in (0, 1], got 1.5"),
         (["--bottleneck-stages", "1:x:1:none"], "stage 0 '1:x:1:none'"),
         (["--bottleneck-stages", "0.5:4:1:none"], "--bottleneck-stages"),  # the last stage must be at scale 1
+        (["--bottleneck-stages", "0.01:1:1:9,1:1:0.6:9"],  # planned for the request's size before generating
+         "--bottleneck-stages: stages[0].scale=0.01 makes a 0×0 px stage of a 128×128 request"),
     ],
 )
 def test_bad_bottleneck_options_exit_2_and_write_nothing(args, message, tmp_path, capsys):

@@ -15,7 +15,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "train_t2v.py"
 TINY = ["--vae-minutes", "0.01", "--dit-minutes", "0.01", "--batch", "2", "--vae-batch", "2", "--workers", "0",
         "--eval", "0", "--eval-videos", "0", "--vae-check", "0", "--eval-every", "0", "--bank-images", "8",
-        "--bank-videos", "2", "--bank-workers", "1", "--low-images", "8"]  # fmt: skip
+        "--bank-videos", "2", "--bank-workers", "1", "--low-images", "8", "--frames", "9"]  # fmt: skip
 
 
 @pytest.mark.timeout(600)
@@ -40,6 +40,24 @@ def test_two_short_runs_save_a_wan_pipeline_and_resume(tmp_path):
     frames = pipe("a red circle", height=128, width=128, num_frames=1, num_inference_steps=2, output_type="np",
                   generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
     assert frames.shape == (1, 1, 128, 128, 3)
+
+    # a decoder tune of the trained VAE: the encoder (the DiT's latent space) stays, the decoder moves
+    tuned = tmp_path / "tuned"
+    tune = ["--init-from", str(out / "pipeline"), "--vae-tune-minutes", "0.01", "--vae-check-videos", "1",
+            "--dit-minutes", "0"]  # fmt: skip
+    third = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tuned), *TINY, *tune], capture_output=True,
+                           text=True)  # fmt: skip
+    assert third.returncode == 0, third.stderr[-2000:]
+    log = (tuned / "train.log").read_text()
+    assert "vae decoder: " in log and "vae reconstruction of 1 held-out 9-frame clips: psnr " in log
+    before = pipe.vae.state_dict()
+    after = WanPipeline.from_pretrained(tuned / "pipeline", dtype=torch.float32).vae.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x"), "--vae-tune-minutes", "1"],
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and "--vae-tune-minutes tunes a trained VAE's decoder" in refused.stderr
 
 
 # -- the training data helpers (examples/shapes/t2v_data.py, ema.py) -----------------------------------------------
@@ -86,6 +104,21 @@ def test_render_jobs_are_seeded_chunks():
     assert captions == captions_again and not np.array_equal(frames, other)
     clips, clip_captions = render_chunk(render_jobs(5, 2, True, 2)[0])
     assert clips.shape == (2, 17, 128, 128, 3) and all(" mov" in c for c in clip_captions)
+
+
+def test_render_jobs_longer_clips_follow_the_same_scenes():
+    from t2v_data import render_chunk, render_jobs
+
+    short, captions = render_chunk(render_jobs(5, 2, True, 2)[0])
+    long, long_captions = render_chunk(render_jobs(5, 2, True, 2, frames=33)[0])
+    assert long.shape == (2, 33, 128, 128, 3) and long_captions == captions  # the same seeded scenes, longer clips
+    assert not np.array_equal(long[:, 16], short[:, 16])  # the same travel over more frames: mid-clip frames differ
+    np.testing.assert_array_equal(long[:, 0], short[:, 0])  # both start where the scene starts
+    np.testing.assert_array_equal(long[:, -1], short[:, -1])  # and end where it ends
+    for bad in (0, 16, 18, 32):
+        with pytest.raises(ValueError, match=f"frames={bad}: clips need 4k \\+ 1 frames"):
+            render_jobs(5, 2, True, 2, frames=bad)
+    assert render_jobs(5, 2, False, 2, frames=16)[0][4] == 16  # images ignore the clip length
 
 
 def test_latent_statistics_and_bank_normalization(fresh_pipe):
@@ -283,3 +316,6 @@ def test_train_shift_maps_sigmas_as_the_pipelines_scheduler_shifts_them():
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", "unused", "--train-shift", "0"],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "--train-shift 0.0: allowed 0.1 ≤ shift ≤ 20" in done.stderr
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", "unused", "--frames", "32"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "--frames 32: clips need 4k + 1 frames" in done.stderr

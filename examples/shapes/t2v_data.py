@@ -30,16 +30,16 @@ SIZE, FRAMES = 128, 17
 TEXT_LENGTH = 512  # WanPipeline.__call__'s max_sequence_length: train on the padding the pipeline feeds at inference
 
 
-def scene_frames(scene, video: bool) -> np.ndarray:
-    """A scene as (F, H, W, 3) uint8: its 17-frame clip, or its still image as one frame."""
-    return render_video(scene, SIZE, FRAMES) if video else render_image(scene, SIZE)[None]
+def scene_frames(scene, video: bool, frames: int = FRAMES) -> np.ndarray:
+    """A scene as (F, H, W, 3) uint8: its `frames`-frame clip, or its still image as one frame."""
+    return render_video(scene, SIZE, frames) if video else render_image(scene, SIZE)[None]
 
 
 class ShapesStream(torch.utils.data.IterableDataset):
     """Endless (pixels (3, F, H, W) in [-1, 1], caption) pairs from the seeded generator; video with prob `video`."""
 
-    def __init__(self, seed: int, video: float) -> None:
-        self.seed, self.video = seed, video
+    def __init__(self, seed: int, video: float, frames: int = FRAMES) -> None:
+        self.seed, self.video, self.frames = seed, video, frames
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -47,39 +47,42 @@ class ShapesStream(torch.utils.data.IterableDataset):
         while True:
             is_video = rng.random() < self.video
             scene = sample_scene(rng, video=is_video)
-            frames = torch.from_numpy(scene_frames(scene, is_video))  # (F, H, W, 3) uint8
+            frames = torch.from_numpy(scene_frames(scene, is_video, self.frames))  # (F, H, W, 3) uint8
             pixels = frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, F, H, W)
             yield pixels, caption(scene, rng)
 
 
-def batches(seed: int, video: bool, batch: int, workers: int) -> Iterator:
-    """Batches of one kind (all images or all videos), so frame counts match within a batch."""
-    stream = ShapesStream(seed, 1.0 if video else 0.0)
+def batches(seed: int, video: bool, batch: int, workers: int, frames: int = FRAMES) -> Iterator:
+    """Batches of one kind (all images or all `frames`-frame videos), so frame counts match within a batch."""
+    stream = ShapesStream(seed, 1.0 if video else 0.0, frames)
     return iter(torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers,
                                             persistent_workers=workers > 0))  # fmt: skip
 
 
 def render_chunk(job: tuple) -> tuple[np.ndarray, list[str]]:
-    """Chunk `index` of a bank: `count` seeded scenes as (count, F, H, W, 3) uint8 and their captions; image scenes
-    drawn with `kind_weights` over `KINDS` when the job has them (uniform otherwise)."""
-    seed, index, count, video, *rest = job
-    kind_weights = rest[0] if rest else None
+    """Chunk `index` of a bank: `count` seeded scenes as (count, F, H, W, 3) uint8 (clips of `frames` frames) and
+    their captions; image scenes drawn with `kind_weights` over `KINDS` when the job has them (uniform otherwise)."""
+    seed, index, count, video, frames, kind_weights = job
     rng = random.Random(seed * 1_000_003 + index)
-    frames, captions = [], []
+    pixels, captions = [], []
     for _ in range(count):
         kind = rng.choices(KINDS, weights=kind_weights)[0] if kind_weights and not video else None
         scene = sample_scene(rng, kind, video=video)
-        frames.append(scene_frames(scene, video))
+        pixels.append(scene_frames(scene, video, frames))
         captions.append(caption(scene, rng))
-    return np.stack(frames), captions
+    return np.stack(pixels), captions
 
 
 def render_jobs(
-    seed: int, count: int, video: bool, chunk: int, kind_weights: tuple[float, ...] | None = None
+    seed: int, count: int, video: bool, chunk: int, kind_weights: tuple[float, ...] | None = None,
+    frames: int = FRAMES,
 ) -> list[tuple]:  # fmt: skip
-    """The `render_chunk` jobs of a bank of `count` items (the same chunks, hence scenes, on every machine)."""
-    extra = (tuple(kind_weights),) if kind_weights else ()
-    return [(seed, i, min(chunk, count - i * chunk), video, *extra) for i in range(math.ceil(count / chunk))]
+    """The `render_chunk` jobs of a bank of `count` items (the same chunks, hence scenes, on every machine); clips
+    have `frames` frames (4k + 1, the VAE's temporal factor)."""
+    if video and (frames < 1 or (frames - 1) % 4):
+        raise ValueError(f"frames={frames}: clips need 4k + 1 frames (5, 9, ..., 17, 33)")
+    weights = tuple(kind_weights) if kind_weights else None
+    return [(seed, i, min(chunk, count - i * chunk), video, frames, weights) for i in range(math.ceil(count / chunk))]
 
 
 def parse_kind_weights(text: str | None) -> tuple[float, ...] | None:

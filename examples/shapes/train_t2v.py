@@ -23,6 +23,7 @@ every minute (resumable; banks are re-created from their seeds); the pipeline is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -88,20 +89,26 @@ def build_pipeline(vocab_words: tuple[str, ...] | None = None, text_layers: int 
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
 
 
-def train_vae(pipe, args, device, log) -> None:
+def train_vae(pipe, args, device, log, minutes: float, lr: float, decoder_only: bool = False) -> None:
+    """Train the VAE for `minutes` on the pixel stream (every `--vae-video-every`-th step a batch of clips); with
+    `decoder_only`, the encoder (hence the latent space a trained DiT reads) stays as it is."""
     vae = pipe.vae.to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    trained = [p for name, p in vae.named_parameters() if not decoder_only or not name.startswith(("encoder.",
+                                                                                                   "quant_conv."))]
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     images = batches(args.seed, False, args.vae_batch, args.workers)
-    videos = batches(args.seed + 1, True, max(1, args.vae_batch // 16), args.workers)
-    start, step, budget = time.time(), 0, args.vae_minutes * 60
+    videos = batches(args.seed + 1, True, args.vae_video_batch, args.workers, args.frames)
+    start, step, budget = time.time(), 0, minutes * 60
     while (elapsed := time.time() - start) < budget:
         # constant, then a linear cool-down over the last 30% of the phase (v0's VAE without one ended noisy)
         for group in opt.param_groups:
-            group["lr"] = args.vae_lr * max(0.02, min(1.0, (1.0 - elapsed / budget) / 0.3))
-        x = next(videos if step % 5 == 4 else images)[0].to(device)
+            group["lr"] = lr * max(0.02, min(1.0, (1.0 - elapsed / budget) / 0.3))
+        video = step % args.vae_video_every == args.vae_video_every - 1
+        x = next(videos if video else images)[0].to(device)
         bg = BACKGROUND_PIXEL.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            posterior = vae.encode(x).latent_dist
+            with torch.no_grad() if decoder_only else contextlib.nullcontext():
+                posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
         recon = recon.float()
         kl = posterior.kl().mean() / math.prod(x.shape[1:])
@@ -112,15 +119,17 @@ def train_vae(pipe, args, device, log) -> None:
         loss = (weight * err).mean() / weight.mean() + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         step += 1
         if step % 100 == 0:
             log(f"vae step {step} loss {loss.item():.4f} psnr {psnr(recon, x):.1f}")
     vae.eval()
-    log(f"vae: {step} steps in {time.time() - start:.0f} s")
+    log(f"vae{' decoder' if decoder_only else ''}: {step} steps in {time.time() - start:.0f} s")
     if args.vae_check:
         vae_check(pipe, device, log, args.vae_check)
+    if args.vae_check_videos:
+        vae_check_videos(pipe, device, log, args.vae_check_videos, args.frames)
 
 
 @torch.no_grad()
@@ -136,6 +145,30 @@ def vae_check(pipe, device, log, n: int = 128) -> float:
     images = ((recon[:, :, 0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     report = evaluate([(img, caption(s, rng)) for img, s in zip(images, scenes, strict=True)])
     log(f"vae reconstruction psnr {psnr(recon, x):.1f}, evaluator accuracy {report.accuracy:.3f} on {n} images")
+    return report.accuracy
+
+
+@torch.no_grad()
+def vae_check_videos(pipe, device, log, n: int, frames: int) -> float:
+    """The evaluator's accuracy on VAE reconstructions of the held-out motion clips (seed 10,001, `frames` frames):
+    the ceiling for the DiT's clips."""
+    from unbottle.shapes import render_video
+    from unbottle.shapes.evaluate import evaluate
+
+    rng = random.Random(10_001)
+    scenes = [sample_scene(rng, video=True) for _ in range(n)]
+    captions = [caption(s, rng) for s in scenes]
+    samples, errors = [], []
+    for scene, text in zip(scenes, captions, strict=True):
+        clip = torch.from_numpy(render_video(scene, SIZE, frames)).permute(3, 0, 1, 2)[None]  # (1, 3, F, H, W)
+        x = clip.float().to(device) / 127.5 - 1.0
+        recon = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)  # (1, 3, F, H, W)
+        errors.append(F.mse_loss(recon.float(), x).item() / 4.0)
+        frames_out = ((recon[0] + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()  # (F, H, W, 3)
+        samples.append((frames_out, text))
+    report = evaluate(samples)
+    log(f"vae reconstruction of {n} held-out {frames}-frame clips: psnr "
+        f"{10 * math.log10(1.0 / max(sum(errors) / n, 1e-10)):.1f}, evaluator accuracy {report.accuracy:.3f}")
     return report.accuracy
 
 
@@ -197,7 +230,7 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict, head: CaptionLa
         kind = "video" if video else "low" if low else "image"
         bank = banks[kind]
         x0, ids, mask, labels = bank.sample_with_labels(
-            max(1, args.batch // 8) if video else low_batch if low else args.batch, gen
+            args.video_batch if video else low_batch if low else args.batch, gen
         )  # fmt: skip
         b = x0.shape[0]
         drop = torch.rand(b, device=device, generator=gen) < 0.1
@@ -230,7 +263,8 @@ def train_dit(pipe, args, device, log, state: dict, banks: dict, head: CaptionLa
             seen, t_log = 0, time.time()
         if args.eval_every and time.time() - last_eval > args.eval_every * 60:
             with ema.applied():
-                quick_eval(pipe, device, 32, log, steps=12, quiet=True)
+                quick_eval(pipe, device, 32, log, videos=args.eval_every_videos, steps=12, quiet=True,
+                           frames=args.frames)
             text_encoder.train(), transformer.train()
             last_eval = t_log = time.time()
         if time.time() - last_save > 60:
@@ -258,9 +292,11 @@ def save_checkpoint(pipe, opt, ema: EMA | None, state: dict, out: Path, head: to
 
 @torch.no_grad()
 def quick_eval(
-    pipe, device, n: int, log, out: Path | None = None, videos: int = 0, steps: int = 20, quiet: bool = False
+    pipe, device, n: int, log, out: Path | None = None, videos: int = 0, steps: int = 20, quiet: bool = False,
+    frames: int = FRAMES,
 ) -> dict:  # fmt: skip
-    """Generate `n` held-out image captions (seed 10_000) and `videos` motion captions, and score them."""
+    """Generate `n` held-out image captions (seed 10_000) and `videos` motion captions as `frames`-frame clips (seed
+    10_001), and score them."""
     from unbottle.shapes.evaluate import evaluate
 
     pipe.text_encoder.eval(), pipe.transformer.eval()
@@ -271,12 +307,12 @@ def quick_eval(
         rng = random.Random(10_000 if kind == "image" else 10_001)
         scenes = [sample_scene(rng, video=kind == "video") for _ in range(count)]
         captions = [caption(s, rng) for s in scenes]
-        frames, chunk = (1, 50) if kind == "image" else (FRAMES, 16)
+        count_frames, chunk = (1, 50) if kind == "image" else (frames, 16)
         samples = []
         for i in range(0, count, chunk):
             gen = torch.Generator().manual_seed(i)
-            out_ = pipe(captions[i : i + chunk], height=SIZE, width=SIZE, num_frames=frames, num_inference_steps=steps,
-                        guidance_scale=4.0, output_type="np", generator=gen).frames  # fmt: skip
+            out_ = pipe(captions[i : i + chunk], height=SIZE, width=SIZE, num_frames=count_frames,
+                        num_inference_steps=steps, guidance_scale=4.0, output_type="np", generator=gen).frames
             for video, text in zip(out_, captions[i : i + chunk], strict=True):
                 video = (np.asarray(video) * 255).round().astype(np.uint8)  # (F, H, W, 3)
                 samples.append((video[0] if kind == "image" else video, text))
@@ -305,7 +341,7 @@ def start_rendering(args) -> tuple[multiprocessing.pool.Pool, dict]:
     if args.low_images and args.low_every:
         banks.append(("low", args.low_images, 2048, 2))
     rendered = {kind: pool.imap(render_chunk, render_jobs(args.seed + 300 + offset, count, kind == "video", chunk,
-                                                          weights))
+                                                          weights, args.frames))
                 for kind, count, chunk, offset in banks}  # fmt: skip
     return pool, rendered
 
@@ -326,8 +362,11 @@ def main() -> None:
     parser.add_argument("--dit-minutes", type=float, default=13.0)
     parser.add_argument("--batch", type=int, default=256, help="images per DiT step (clips: batch / 8)")
     parser.add_argument("--video-every", type=int, default=4, help="every k-th DiT step trains on clips")
+    parser.add_argument("--video-batch", type=int, default=None, help="clips per clip step (default batch / 8)")
+    parser.add_argument("--frames", type=int, default=FRAMES,
+                        help=f"frames per training clip, 4k + 1 (default {FRAMES}: 5 latent frames; 33: 9)")
     parser.add_argument("--bank-images", type=int, default=300_000, help="rendered images in the DiT's bank")
-    parser.add_argument("--bank-videos", type=int, default=10_000, help="rendered 17-frame clips in the DiT's bank")
+    parser.add_argument("--bank-videos", type=int, default=10_000, help="rendered clips in the DiT's bank")
     parser.add_argument("--kind-weights", default="single:1,attribute:2,pair:3,relation:4,count:3",
                         help="image scene kinds of the banks, KIND:WEIGHT,... over single, attribute, pair, relation, "
                         "count ('' = uniform, v1's mix)")  # fmt: skip
@@ -346,6 +385,16 @@ def main() -> None:
                         "schedule (3, as it samples; 1: none, v1–v3)")  # fmt: skip
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved DiT/text-encoder weights")
     parser.add_argument("--vae-lr", type=float, default=5e-4)
+    parser.add_argument("--vae-video-every", type=int, default=5, help="every k-th VAE step trains on clips")
+    parser.add_argument("--vae-video-batch", type=int, default=None, help="clips per VAE clip step (default "
+                        "vae batch / 16)")  # fmt: skip
+    parser.add_argument("--vae-tune-minutes", type=float, default=0.0,
+                        help="after taking a trained VAE (--init-from, --vae-from, --resume), train its decoder this "
+                        "long on images and --frames clips (the encoder, hence the DiT's latent space, unchanged)")
+    parser.add_argument("--vae-tune-lr", type=float, default=2e-4)
+    parser.add_argument("--vae-check-videos", type=int, default=0,
+                        help="held-out motion clips whose VAE reconstructions the evaluator scores after a VAE "
+                        "phase (the ceiling for clips; default 0)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=5, help="data-loader processes of the VAE phase")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile the DiT on CUDA (default on)")  # fmt: skip
@@ -354,9 +403,25 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, default=3.0, help="minutes between quick scores (0: none)")
     parser.add_argument("--vae-check", type=int, default=128, help="held-out images to score VAE reconstructions on")
     parser.add_argument("--eval-videos", type=int, default=64, help="held-out motion captions to score at the end")
+    parser.add_argument("--eval-every-videos", type=int, default=0,
+                        help="held-out motion captions in each quick score during training (default 0)")
     args = parser.parse_args()
     if args.low_size % 8 or SIZE % args.low_size or not 8 <= args.low_size < SIZE:
         parser.error(f"--low-size {args.low_size}: must divide {SIZE}, be a multiple of 8 and less than {SIZE}")
+    if args.frames < 5 or (args.frames - 1) % 4:
+        parser.error(f"--frames {args.frames}: clips need 4k + 1 frames, at least 5 (5, 9, ..., 17, 33)")
+    args.video_batch = args.video_batch if args.video_batch is not None else max(1, args.batch // 8)
+    if args.video_batch < 1:
+        parser.error(f"--video-batch {args.video_batch}: must be ≥ 1")
+    args.vae_video_batch = args.vae_video_batch if args.vae_video_batch is not None else max(1, args.vae_batch // 16)
+    for name in ("vae_video_every", "vae_video_batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be ≥ 1")
+    if args.vae_tune_minutes < 0 or args.vae_check_videos < 0:
+        parser.error(f"--vae-tune-minutes {args.vae_tune_minutes} / --vae-check-videos {args.vae_check_videos}: "
+                     "must be ≥ 0")  # fmt: skip
+    if args.vae_tune_minutes > 0 and not (args.init_from or args.vae_from or args.resume):
+        parser.error("--vae-tune-minutes tunes a trained VAE's decoder: give --init-from, --vae-from or --resume")
     if args.low_every < 0 or args.low_every == 1:
         parser.error(f"--low-every {args.low_every}: must be 0 (no low-resolution steps) or ≥ 2")
     parse_kind_weights(args.kind_weights)  # a bad mix fails here, not after the VAE phase
@@ -411,10 +476,14 @@ def main() -> None:
         state["vae_done"], state["vae_from"] = True, str(args.vae_from)
         log(f"vae from {args.vae_from}; text encoder {args.text_layers} x {args.text_width} and DiT from scratch")
     if not state["vae_done"] and args.vae_minutes > 0:
-        train_vae(pipe, args, device, log)
+        train_vae(pipe, args, device, log, args.vae_minutes, args.vae_lr)
         state["vae_done"] = True
         save_checkpoint(pipe, None, None, state, args.out)
         log("vae done")
+    if args.vae_tune_minutes > 0 and not state.get("vae_tuned"):  # a resumed run does not tune it twice
+        train_vae(pipe, args, device, log, args.vae_tune_minutes, args.vae_tune_lr, decoder_only=True)
+        state["vae_tuned"] = True
+        save_checkpoint(pipe, None, None, state, args.out)
     if args.dit_minutes > 0:
         # a DiT that has trained keeps the latent statistics it was trained on
         banks = build_banks(pipe, device, log, rendered, state["step"] == 0 and args.vae_from is None, args.low_size,
@@ -431,7 +500,8 @@ def main() -> None:
     if args.eval:
         pipe.to(device, torch.float32)
         try:
-            state["eval"] = quick_eval(pipe, device, args.eval, log, args.out, args.eval_videos)
+            state["eval"] = quick_eval(pipe, device, args.eval, log, args.out, args.eval_videos,
+                                       frames=args.frames)
         except Exception as e:  # noqa: BLE001 — the weights are saved; a failing evaluator must not lose them
             log(f"evaluation failed: {type(e).__name__}: {e}")
         record.write_text(json.dumps({k: v for k, v in state.items() if k not in ("opt", "ema")}))

@@ -13,6 +13,7 @@ from .handle import PipelineSparseAttention, SparseAttentionHandle
 from .pattern_files import load_head_patterns, save_head_patterns
 from .processor import SparseAttnProcessor
 from .transformers_attention import ATTENTION_NAME, sparse_attention_forward
+from .ulysses_sdpa import ready_ulysses_attention, remove_ulysses_attention  # registers with the family plans
 
 __all__ = [
     "ATTENTION_NAME",
@@ -28,6 +29,8 @@ __all__ = [
     "load_head_patterns",
     "notify_dlm_generation_start",
     "notify_dlm_step",
+    "ready_ulysses_attention",
+    "remove_ulysses_attention",
     "save_head_patterns",
     "sparse_attention_forward",
 ]

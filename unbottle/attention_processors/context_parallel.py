@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..families import family_for_model
 from ..families.layout import TokenLayout
+from .diffusers_compat import has_hook
 
 _SPLIT_HOOK = "cp_input---"  # diffusers' name prefix of a CP plan's input-splitting hooks
 TEXT_STREAM = "encoder_hidden_states"  # the input a plan splits when the text is a sharded stream of its own
+ULYSSES_SDPA_HOOK = "unbottle_ulysses_sdpa"  # unbottle's Ulysses attention on an SDPA-direct module (ulysses_sdpa.py)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,17 @@ def _split_inputs(model: torch.nn.Module) -> set[str]:
     return names
 
 
+def check_heads_divide(layer: str, module: torch.nn.Module, ulysses: int) -> None:
+    """A ValueError, beginning with `layer`, when the Ulysses degree does not divide the module's heads."""
+    heads = getattr(module, "heads", None)
+    if isinstance(heads, int) and heads % ulysses:
+        divisors = [d for d in range(2, heads + 1) if heads % d == 0]
+        raise ValueError(
+            f"{layer} has {heads} heads, which ContextParallelConfig ulysses_degree={ulysses} does not divide; "
+            f"allowed ulysses_degree: a divisor of {heads} ({', '.join(map(str, divisors)) or 'none above 1'})"
+        )
+
+
 def context_parallel_config(model: torch.nn.Module) -> object | None:
     """The model's diffusers `ContextParallelConfig` (after `enable_parallelism`), or None."""
     parallel = getattr(model, "_parallel_config", None)
@@ -105,15 +119,17 @@ def sequence_shards(model: torch.nn.Module, modules: dict[str, torch.nn.Module])
         )
     if ulysses == 1:
         return None
+    if any(has_hook(m, ULYSSES_SDPA_HOOK) for m in model.modules()):
+        family = family_for_model(model, None, required=False)
+        raise ValueError(
+            f"sparse attention under context parallelism (ContextParallelConfig ulysses_degree={ulysses}) is not "
+            f"supported on {family.name if family else 'this family'} ({type(model).__name__}): its attention "
+            "processors call scaled dot-product attention directly and run under unbottle's Ulysses attention, which "
+            "sparse attention does not compose with; use sparse attention in one process, or context parallelism "
+            "without it"
+        )
     for name, module in modules.items():
-        heads = getattr(module, "heads", None)
-        if isinstance(heads, int) and heads % ulysses:
-            divisors = [d for d in range(2, heads + 1) if heads % d == 0]
-            raise ValueError(
-                f"sparse attention under context parallelism: layer {name!r} has {heads} heads, which "
-                f"ContextParallelConfig ulysses_degree={ulysses} does not divide; allowed ulysses_degree: a divisor "
-                f"of {heads} ({', '.join(map(str, divisors)) or 'none above 1'})"
-            )
+        check_heads_divide(f"sparse attention under context parallelism: layer {name!r}", module, ulysses)
     mesh = cp._ulysses_mesh
     return SequenceShards(ulysses, int(cp._ulysses_local_rank), TEXT_STREAM in _split_inputs(model), mesh.get_group())
 

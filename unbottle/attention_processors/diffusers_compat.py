@@ -108,6 +108,21 @@ def context_step(context: object | None) -> tuple[int | None, int | None]:
     return getattr(context, "step_index", None), getattr(context, "num_inference_steps", None)
 
 
+def context_parallel_group(config: object) -> object:
+    """The process group of all the ranks a diffusers `ContextParallelConfig` spans (ring × Ulysses)."""
+    return config._flattened_mesh.get_group()
+
+
+def ulysses_group(config: object) -> object:
+    """The process group of a diffusers `ContextParallelConfig`'s Ulysses ranks (its all-to-all spans them)."""
+    return config._ulysses_mesh.get_group()
+
+
+def forward_under(hook: ModelHook) -> Callable:
+    """The forward a registered hook's `new_forward` replaced."""
+    return hook.fn_ref.original_forward
+
+
 def registry(module: torch.nn.Module) -> HookRegistry:
     """The module's hook registry, created on first use."""
     require_supported_diffusers()
@@ -117,6 +132,12 @@ def registry(module: torch.nn.Module) -> HookRegistry:
 def get_hook(module: torch.nn.Module, name: str) -> ModelHook | None:
     """The hook registered on `module` under `name`, or None."""
     return registry(module).get_hook(name)
+
+
+def has_hook(module: torch.nn.Module, name: str) -> bool:
+    """Whether `module` has a hook registered under `name` (no registry is created)."""
+    hooks = getattr(module, "_diffusers_hook", None)
+    return hooks is not None and hooks.get_hook(name) is not None
 
 
 def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:

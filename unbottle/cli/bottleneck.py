@@ -61,9 +61,29 @@ def make_sampler(pipe: object, args: argparse.Namespace, stages: list | None) ->
     preset = getattr(args, "bottleneck", None)
     if preset is None and stages is None:
         return None
+    option = "--bottleneck" if preset is not None else "--bottleneck-stages"
     try:
         if preset is not None:
-            return BottleneckSampler.from_preset(pipe, preset, resample=args.bottleneck_resample)
-        return BottleneckSampler(pipe, stages, resample=args.bottleneck_resample)
+            sampler = BottleneckSampler.from_preset(pipe, preset, resample=args.bottleneck_resample)
+        else:
+            sampler = BottleneckSampler(pipe, stages, resample=args.bottleneck_resample)
     except ValueError as e:
-        raise UsageError(f"{'--bottleneck' if preset is not None else '--bottleneck-stages'}: {e}") from e
+        raise UsageError(f"{option}: {e}") from e
+    return CheckedSampler(sampler, option)
+
+
+class CheckedSampler:
+    """A BottleneckSampler in the pipeline's place whose stages are planned for the request first: a stage that size
+    (or the context-parallel ranks) cannot run is a UsageError naming the option."""
+
+    def __init__(self, sampler: object, option: str) -> None:
+        self.sampler, self.option = sampler, option
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        """Plan every stage for this request's size, then generate like `sampler(*args, **kwargs)`."""
+        frames = kwargs.get("num_frames") if self.sampler.family.latents.video else None
+        try:
+            self.sampler.plan(kwargs.get("height"), kwargs.get("width"), frames)
+        except ValueError as e:
+            raise UsageError(f"{self.option}: {e}") from e
+        return self.sampler(*args, **kwargs)

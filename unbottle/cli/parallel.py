@@ -101,9 +101,12 @@ def _planned_families() -> str:
 def enable_ulysses(pipe: object, world: World) -> None:
     """Put the pipeline's transformer under Ulysses over the whole world (before sparse attention is enabled); a
     RunError for a model with no plan, a UsageError for heads the world size does not divide."""
+    import torch.distributed as dist
     from diffusers import ContextParallelConfig
 
+    from ..attention_processors.ulysses_sdpa import ulysses_modules
     from ..families import parallel_plan
+    from ..families.parallel import no_plan_reason
 
     model = getattr(pipe, "transformer", None)
     if model is None or not hasattr(model, "enable_parallelism"):
@@ -112,15 +115,19 @@ def enable_ulysses(pipe: object, world: World) -> None:
                        f"supported families: {_planned_families()}")  # fmt: skip
     plan = parallel_plan(model)
     if plan is None:
-        raise RunError(f"--parallel: {type(model).__name__} has no context-parallel plan (diffusers gives it none and "
-                       f"no family record does); supported families: {_planned_families()}")  # fmt: skip
+        raise RunError(f"--parallel: {type(model).__name__} has no context-parallel plan ({no_plan_reason(model)}); "
+                       f"supported families: {_planned_families()}")  # fmt: skip
     heads = getattr(model.config, "num_attention_heads", None)
     if isinstance(heads, int) and heads % world.size:
         divisors = [d for d in range(2, heads + 1) if heads % d == 0]
         raise UsageError(f"--parallel: {type(model).__name__} has {heads} heads, which {world.size} processes do not "
                          f"divide (Ulysses gives each rank an equal share); allowed --nproc-per-node: a divisor of "
                          f"{heads} ({', '.join(map(str, divisors)) or 'none above 1'})")  # fmt: skip
+    # unbottle's Ulysses attention lets the ranks share a sequence unevenly (SD3's 333 text tokens); diffusers' uneven
+    # gathers need NCCL (gloo gathers equal shapes only), so gloo runs need lengths the ranks divide
+    uneven = bool(ulysses_modules(model)) and dist.is_initialized() and dist.get_backend() == "nccl"
     try:
-        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world.size), cp_plan=plan)
+        config = ContextParallelConfig(ulysses_degree=world.size, ulysses_anything=uneven)
+        model.enable_parallelism(config=config, cp_plan=plan)
     except ValueError as e:  # an attention backend without context parallelism
         raise RunError(f"--parallel: {e}") from e

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .flux import _layout, pack, unpack
 from .latents import sample_size_default
+from .parallel import joint_ids_plan
 
 
 def _vae(pipe: object) -> int:
@@ -32,4 +33,5 @@ BRIA = Family(
     prompt=PromptEncoding(("prompt_embeds", "negative_prompt_embeds", None)),
     flow_matching=True,
     stock_steps=30,
+    parallel_plan=joint_ids_plan,  # FLUX.1's plan fits: diffusers gives this class none
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .flux import _layout, _noise, pack, unpack
 from .latents import image_vae, sample_size_default
+from .parallel import SQUARE_MASK_REFUSAL
 
 CHROMA = Family(
     "Chroma",
@@ -21,4 +22,5 @@ CHROMA = Family(
                            "negative_prompt_attention_mask")),  # fmt: skip
     flow_matching=True,
     stock_steps=35,
+    parallel_refusal=SQUARE_MASK_REFUSAL,
 )

@@ -6,6 +6,7 @@ import torch
 
 from .family import Family, SelfAttention
 from .layout import TokenLayout, text_length
+from .parallel import cogvideox_plan
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:  # hidden_states (B, F, C, H, W)
@@ -18,4 +19,5 @@ COGVIDEOX = Family(
     "CogVideoX",
     model_classes=("CogVideoXTransformer3DModel",),
     attention=SelfAttention(r"^transformer_blocks\.\d+\.attn1$", _layout),
+    parallel_plan=cogvideox_plan,
 )

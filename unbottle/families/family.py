@@ -217,7 +217,8 @@ class Family:
     flow_matching: bool = False  # a flow-matching scheduler: bottleneck sampling can drive it
     stock_steps: int | None = None  # the stock step count (bottleneck presets' speed-ups are measured against it)
     parallel_plan: object | None = None  # a context-parallel plan (diffusers' `_cp_plan` format) for models without
-    # one of their own, or a function returning it (diffusers imported only when asked); see parallel.py
+    # one of their own, or a function (of no arguments or of the model) returning it or None; see parallel.py
+    parallel_refusal: str | None = None  # why no plan shards it correctly, where its attention would allow one
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -237,6 +238,12 @@ class Family:
             raise ValueError(
                 "Family.parallel_plan must be a context-parallel plan (a dict in diffusers' _cp_plan format), a "
                 f"function returning one, or None, got {self.parallel_plan!r}"
+            )
+
+        if self.parallel_refusal is not None and (not isinstance(self.parallel_refusal, str)
+                                                  or not self.parallel_refusal.strip()):  # fmt: skip
+            raise ValueError(
+                f"Family.parallel_refusal must be a non-empty string or None, got {self.parallel_refusal!r}"
             )
 
     def supports(self, feature: str) -> bool:

@@ -8,6 +8,7 @@ import torch
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .latents import image_noise, image_vae, sample_size_default
 from .layout import TokenLayout
+from .parallel import TEXT_MASK_REFUSAL
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -34,4 +35,5 @@ HUNYUAN_IMAGE = Family(
                           separate_negative=True),  # fmt: skip
     flow_matching=True,
     stock_steps=50,
+    parallel_refusal=TEXT_MASK_REFUSAL,
 )

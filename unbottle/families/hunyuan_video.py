@@ -7,6 +7,7 @@ import torch
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .latents import video_vae
 from .layout import TokenLayout, text_length, video_grid
+from .parallel import TEXT_MASK_REFUSAL
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -22,4 +23,5 @@ HUNYUAN_VIDEO = Family(
     prompt=PromptEncoding(("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"), separate_negative=True),
     flow_matching=True,
     stock_steps=50,
+    parallel_refusal=TEXT_MASK_REFUSAL,
 )

@@ -8,6 +8,7 @@ import torch
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .latents import latent_frames, video_vae
 from .layout import TokenLayout, video_grid
+from .parallel import SQUARE_MASK_REFUSAL
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -46,4 +47,6 @@ HUNYUAN_VIDEO15 = Family(
                           separate_negative=True),  # fmt: skip
     flow_matching=True,
     stock_steps=50,
+    parallel_refusal=("its text tokens are joined inside forward (no module output a plan could shard) and "
+                      + SQUARE_MASK_REFUSAL),
 )

@@ -9,6 +9,7 @@ import torch
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .latents import signature_size_default, video_vae
 from .layout import TokenLayout
+from .parallel import kandinsky5_plan
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -52,4 +53,7 @@ KANDINSKY5 = Family(
     # the visual blocks' cross-attention, so there is no per-token projection to guide
     flow_matching=True,  # no sigmas= argument: a stage's σ grid comes from the stage scheduler
     stock_steps=50,
+    parallel_plan=kandinsky5_plan,  # diffusers gives this class none (none under NABLA attention)
+    parallel_refusal=("its NABLA attention (attention_type='nabla') builds its block mask from each rank's own "
+                      "tokens, before Ulysses attention gathers them"),  # the only case kandinsky5_plan gives None
 )

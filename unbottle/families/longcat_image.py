@@ -6,6 +6,7 @@ import torch
 
 from .family import Family, SelfAttention
 from .layout import TokenLayout, text_length
+from .parallel import joint_ids_plan
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -25,4 +26,5 @@ LONGCAT_IMAGE = Family(
     "LongCat-Image",
     model_classes=("LongCatImageTransformer2DModel",),
     attention=SelfAttention(r"^(single_)?transformer_blocks\.\d+\.attn$", _layout),
+    parallel_plan=joint_ids_plan,  # FLUX.1's plan fits: diffusers gives this class none
 )

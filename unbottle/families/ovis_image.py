@@ -6,6 +6,7 @@ from __future__ import annotations
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .flux import _layout, _noise, pack, unpack
 from .latents import image_vae, sample_size_default
+from .parallel import joint_ids_plan
 
 OVIS_IMAGE = Family(
     "OvisImage",
@@ -20,4 +21,5 @@ OVIS_IMAGE = Family(
     prompt=PromptEncoding(("prompt_embeds", "negative_prompt_embeds", None, None)),
     flow_matching=True,
     stock_steps=50,
+    parallel_plan=joint_ids_plan,  # FLUX.1's plan fits: diffusers gives this class none
 )

@@ -7,6 +7,7 @@ import torch
 from .family import CrossAttentionText, Family, Latents, PromptEncoding, SelfAttention
 from .latents import config_size_default, image_noise, image_vae
 from .layout import TokenLayout, image_grid
+from .parallel import pixart_plan
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -44,4 +45,5 @@ PIXART = Family(
         "transformer", lambda model: model.caption_projection, _text, max_length_arg="max_sequence_length",
         phrase_arguments=(("clean_caption", False),),  # the phrases come from the already-processed text
     ),
+    parallel_plan=pixart_plan,
 )

@@ -7,6 +7,7 @@ import torch
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .latents import image_noise, image_vae, sample_size_default
 from .layout import TokenLayout, image_grid, text_length
+from .parallel import sd3_plan
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -24,4 +25,5 @@ SD3 = Family(
     ),
     flow_matching=True,
     stock_steps=28,
+    parallel_plan=sd3_plan,
 )

@@ -20,4 +20,6 @@ WAN_ANIMATE = Family(
     # no bottleneck sampling or noise search: WanAnimatePipeline draws fresh noise for every segment after the first
     # (`latents=` reaches only the first), returns only the last segment's latents, and takes no `sigmas=`
     # no structured guidance: its cross-attention sees [image tokens, text] joined inside the forward
+    parallel_refusal=("its face-adapter attention groups the video tokens by frame, which a sequence shard splits "
+                      "across ranks"),
 )

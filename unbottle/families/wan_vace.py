@@ -9,6 +9,7 @@ import torch
 from .family import CrossAttentionText, Family, Latents, PromptEncoding, SelfAttention
 from .latents import rounded_video_noise, signature_size_default, video_vae
 from .layout import TokenLayout, video_grid
+from .parallel import vace_blocks_plan
 
 
 def _layout(model: torch.nn.Module, bound: dict) -> TokenLayout:
@@ -36,4 +37,5 @@ WAN_VACE = Family(
     ),
     flow_matching=True,
     stock_steps=50,
+    parallel_plan=vace_blocks_plan,  # Wan's plan and the control blocks': diffusers gives this class none
 )

@@ -9,6 +9,7 @@ import torch
 from .family import Family, Latents, PromptEncoding, SelfAttention
 from .latents import image_vae
 from .layout import TokenLayout
+from .parallel import z_image_plan
 
 _MULTIPLE = 32  # the model pads the image and the caption tokens each to a multiple of this
 
@@ -57,4 +58,5 @@ Z_IMAGE = Family(
     prompt=PromptEncoding(("prompt_embeds", "negative_prompt_embeds")),
     flow_matching=True,
     stock_steps=50,
+    parallel_plan=z_image_plan,  # diffusers gives this class none
 )

@@ -40,6 +40,17 @@ def _number(name: str, value: object) -> float:
     return float(value)
 
 
+def _sequence_ranks(pipe: object) -> tuple[str, int] | None:
+    """(denoiser class, ranks sharing its sequence) under diffusers' context parallelism; None without it."""
+    from ..attention_processors.context_parallel import context_parallel_config
+
+    for name in ("transformer", "transformer_2"):
+        cp = context_parallel_config(getattr(pipe, name, None))
+        if cp is not None and cp.ulysses_degree * cp.ring_degree > 1:
+            return type(getattr(pipe, name)).__name__, cp.ulysses_degree * cp.ring_degree
+    return None
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of Bottleneck Sampling (Tian et al., 2025): its size, steps, restart noise level and time shift."""
@@ -119,7 +130,8 @@ class BottleneckSampler:
     def plan(
         self, height: int | None = None, width: int | None = None, num_frames: int | None = None
     ) -> list[StagePlan]:
-        """Each stage's pixel size and σ grid for a request; checks the sizes against the pipeline's granularity."""
+        """Each stage's pixel size and σ grid for a request; checks the sizes against the pipeline's granularity and
+        each stage's tokens against the context-parallel ranks sharing them."""
         pipe, family, defaults = self.pipe, self.family, self._defaults()
         if height is None or width is None:  # the pipeline's own default size: its signature's, else its family's
             fallback = getattr(pipe, "default_sample_size", None)
@@ -136,6 +148,7 @@ class BottleneckSampler:
                     f"(VAE factor × patch size), got {value!r}"
                 )
         frames = num_frames if num_frames is not None else defaults.get("num_frames")
+        ranks = _sequence_ranks(pipe)
         plans = []
         for i, stage in enumerate(self.stages):
             h, w = (max(0, math.floor(side * stage.scale / multiple + 0.5)) * multiple for side in (height, width))
@@ -144,16 +157,27 @@ class BottleneckSampler:
                     f"stages[{i}].scale={stage.scale} makes a {h}×{w} px stage of a {height}×{width} request; each "
                     f"side must be ≥ {multiple} px, i.e. scale ≥ {multiple / (2 * min(height, width)):.4g}"
                 )
+            if ranks is not None and (tokens := self._tokens(h, w, frames)) % ranks[1]:
+                raise ValueError(
+                    f"stages[{i}].scale={stage.scale} makes a {h}×{w} px stage of {tokens} tokens, which the "
+                    f"{ranks[1]} context-parallel ranks of {ranks[0]} do not divide (each rank takes an equal share "
+                    f"of the sequence); allowed: a scale or size whose stage has a multiple of {ranks[1]} tokens"
+                )  # fmt: skip
             sigmas = None
             if stage.shift is not None or stage.strength < 1.0:  # else: the pipeline's own schedule, untouched
                 shift = stage.shift
                 if shift is None:  # the pipeline's own shift for this stage's token count
-                    lh, lw = family.latents.latent_size(pipe, h, w)
-                    shape = (1, 1, latent_frames(pipe, frames), lh, lw) if family.latents.video else (1, 1, lh, lw)
-                    shift = pipeline_shift(pipe.scheduler, family.latents.tokens(pipe, shape))
+                    shift = pipeline_shift(pipe.scheduler, self._tokens(h, w, frames))
                 sigmas = tuple(stage_sigmas(stage.steps, stage.strength, shift))
             plans.append(StagePlan(stage, h, w, sigmas))
         return plans
+
+    def _tokens(self, height: int, width: int, frames: int | None) -> int:
+        """The denoiser's tokens at a stage's pixel size (frames: the request's, videos only)."""
+        latents = self.family.latents
+        lh, lw = latents.latent_size(self.pipe, height, width)
+        shape = (1, 1, latent_frames(self.pipe, frames), lh, lw) if latents.video else (1, 1, lh, lw)
+        return latents.tokens(self.pipe, shape)
 
     @contextlib.contextmanager
     def _schedule(self, sigmas: tuple[float, ...] | None) -> Iterator[None]:

@@ -28,6 +28,9 @@ backward): same numbers, more memory, sometimes faster on GPUs. A step's scores,
 device and reach the host in one transfer at its end, so the GPU never waits on Python between the passes; with
 `compile=True` the denoiser and the VAE decoder run through `torch.compile` for the search (a one-step generator's
 iteration is otherwise thousands of small kernel launches; the first iterations pay for the compilation).
+Under diffusers' context parallelism (the denoiser under Ulysses, `--parallel ulysses`) every rank runs the same
+search; the noise gradient is summed over the ranks at each denoiser input, so every rank steps the noise one process
+would (`batched_vjp=True` is refused there: the all-to-all's backward has no batching rule).
 
 Differentiable generation through the pipeline's own code: diffusers wraps `DiffusionPipeline.__call__` in
 `@torch.no_grad()`, whose decorator keeps the original function as `type(pipe).__call__.__wrapped__`. Calling it
@@ -290,6 +293,63 @@ def _compiled(pipe: Any, enabled: bool) -> Iterator[None]:
             module._compiled_call_impl = None
 
 
+def _parallel_denoisers(pipe: Any) -> list[tuple[torch.nn.Module, Any]]:
+    """(denoiser, its diffusers ContextParallelConfig) for each denoiser of the pipeline under context parallelism."""
+    from ..attention_processors.context_parallel import context_parallel_config
+
+    found = []
+    for name in COMPILED_MODULES:
+        model = getattr(pipe, name, None)
+        cp = context_parallel_config(model) if isinstance(model, torch.nn.Module) else None
+        if cp is not None:
+            found.append((model, cp))
+    return found
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Identity forward; backward: the gradient summed over a process group (all-reduce)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+@contextlib.contextmanager
+def _rank_sums(pipe: Any) -> Iterator[None]:
+    """Under diffusers' context parallelism, the gradient of each denoiser input that needs one summed over the ranks.
+
+    The plan shards the replicated latents with a plain slice, whose backward leaves each rank the gradient of its own
+    tokens only (zeros elsewhere), while the scheduler's step x + Δσ·v(x) adds the full gradient of x on every rank:
+    without the sum, each rank's noise gradient misses the other ranks' tokens and the ranks drift apart. The
+    gathered output's loss is the same on every rank, so the sum is the one-process gradient."""
+
+    def hook(group: Any) -> Any:
+        def summed(x: Any) -> Any:
+            return _SumOverRanks.apply(x, group) if isinstance(x, torch.Tensor) and x.requires_grad else x
+
+        def pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            return tuple(summed(a) for a in args), {k: summed(v) for k, v in kwargs.items()}
+
+        return pre
+
+    from ..attention_processors.diffusers_compat import context_parallel_group
+
+    handles = [model.register_forward_pre_hook(hook(context_parallel_group(cp)), with_kwargs=True)
+               for model, cp in _parallel_denoisers(pipe)]  # fmt: skip
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextlib.contextmanager
 def _quiet(pipe: Any, enabled: bool) -> Iterator[None]:
     """The pipeline's own per-call progress bar off while the search runs many calls; its settings restored after."""
@@ -488,13 +548,22 @@ class NoiseSearch:
     def _optimize(self, prompt: str, kwargs: dict) -> NoiseSearchResult:
         """CARINOX: for each seed, SGD-Nesterov on the noise with per-reward clipped gradients; best over all."""
         cfg, pipe = self.config, self.pipe
+        parallel = _parallel_denoisers(pipe)
+        if cfg.batched_vjp and len(self.rewards) > 1 and parallel:
+            model, cp = parallel[0]
+            raise NoiseSearchConfigError(
+                "batched_vjp", f"NoiseSearchConfig.batched_vjp=True does not run under context parallelism (this "
+                f"{type(model).__name__} runs under ulysses_degree={cp.ulysses_degree}, ring_degree={cp.ring_degree}: "
+                "its all-to-all backward has no batching rule); allowed: batched_vjp=False (the same numbers, one "
+                "pullback per reward)"
+            )  # fmt: skip
         call, dtype = self._call_arguments(prompt, kwargs)
         output_type = call.pop("output_type")
         history: dict[int, list[SearchStep]] = {}
         best: tuple[SearchStep, int, torch.Tensor, torch.Tensor] | None = None  # step, seed, latents, rng state
         total = len(cfg.seeds) * cfg.iterations
-        with _frozen(pipe), _checkpointing(pipe, cfg.gradient_checkpointing), _compiled(pipe, cfg.compile), \
-                _quiet(pipe, self.progress), \
+        with _frozen(pipe), _rank_sums(pipe), _checkpointing(pipe, cfg.gradient_checkpointing), \
+                _compiled(pipe, cfg.compile), _quiet(pipe, self.progress), \
                 self._bar(total, f"{len(cfg.seeds)} seeds × {cfg.iterations} iterations") as bar:  # fmt: skip
             for seed in cfg.seeds:
                 noise, state = draw_noise(pipe, self.family, kwargs, seed, dtype)

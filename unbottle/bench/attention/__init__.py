@@ -25,6 +25,7 @@ from .report import evaluate_targets, failed_checks, finish_row, markdown_report
 from .run import (
     block_lengths,
     build_parser,
+    calibrated_block_pattern,
     computed_flops,
     dense_flops,
     main,
@@ -61,6 +62,7 @@ __all__ = [
     "median_ms",
     "options_from_args",
     "parse_shapes",
+    "calibrated_block_pattern",
     "random_block_pattern",
     "random_qkv",
     "run_benchmark",

@@ -46,6 +46,15 @@ MASK_DEFINITION = (
     "block_mask.pattern_to_block_mask turns the lists into a BlockMask (BlockMask.from_kv_blocks, every kept tile "
     "full, no mask_mod). The same seed at each density gives nested masks."
 )
+CALIBRATED_MASK_DEFINITION = (
+    "calibrated budgets, as `SparseAttentionConfig(coverage=...)` keeps them: per head h of H, softmax masses over "
+    "the key blocks of each query block from seeded normal logits scaled by a temperature log-spaced from 0.5 (head "
+    "0, diffuse) to 4 (head H − 1, peaked); the engine's patterns.select_by_coverage keeps, per row, the fewest "
+    "blocks whose mass reaches one coverage, found by bisection so that the mean kept fraction is the uniform "
+    "budget's ceil(density · n_key_blocks) / n_key_blocks (so both spend about the same tiles; the row's "
+    "actual_density says how close). Counts differ per head and row (kept/row shows the most)."
+)
+BUDGETS = ("uniform", "calibrated")
 TIMING_DEFINITION = (
     "median of triton.testing.do_bench(fn, return_mode='median') (L2 flushed before each call; warm-up ≥ 25 ms, "
     f"repetition window ≥ 100 ms and ≥ {MIN_REPEATS} calls), after one untimed call that also compiles/autotunes. "
@@ -69,6 +78,7 @@ class BenchOptions:
     first_call_density: float = FIRST_CALL_DENSITY
     fresh_caches: bool = True
     plot: bool = True
+    budget: str = "uniform"  # "uniform": the same count per row; "calibrated": counts per row by softmax coverage
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -101,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the usual Triton/Inductor disk caches (default: fresh ones, so that first calls "
                         "include compilation)")  # fmt: skip
     parser.add_argument("--no-plot", action="store_true", help="no PNG plot")
+    parser.add_argument("--budget", choices=BUDGETS, default="uniform",
+                        help="masks: the same kept count per row (uniform, default) or counts per row by softmax "
+                        "coverage at the same mean (calibrated)")  # fmt: skip
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -111,5 +124,5 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(
         shapes=shapes, densities=densities, seed=getattr(args, "seed", 0),
         first_call=not getattr(args, "no_first_call", False), fresh_caches=not getattr(args, "warm_caches", False),
-        plot=not getattr(args, "no_plot", False),
+        plot=not getattr(args, "no_plot", False), budget=getattr(args, "budget", "uniform"),
     )  # fmt: skip

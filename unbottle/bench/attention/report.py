@@ -64,6 +64,15 @@ def fmt_error(value: float | str | None) -> str:
     return value if isinstance(value, str) else f"{value:.1e}"
 
 
+def _density_cell(row: dict) -> str:
+    """"0.1 (26/256)" for a uniform mask; "0.1 (≤ 61/256, calibrated, mean 0.102)" for counts that vary per row."""
+    kept = f"{row['kept_blocks_per_row']}/{row['n_blocks']}"
+    if row.get("budget") != "calibrated":
+        return f"{row['density']:g} ({kept})"
+    mean = "?" if row.get("actual_density") is None else f"{row['actual_density']:.3f}"
+    return f"{row['density']:g} (≤ {kept}, calibrated, mean {mean})"
+
+
 def markdown_report(results: dict) -> str:
     """The results as markdown: setup, one table row per (shape, density), targets, first-call latency, errors."""
     tol = results.get("check_tolerance", CHECK_TOLERANCE)
@@ -77,7 +86,7 @@ def markdown_report(results: dict) -> str:
         "",
         f"- time: {TIMING_DEFINITION}",
         f"- TFLOP/s: {FLOPS_DEFINITION}",
-        f"- masks: {MASK_DEFINITION}",
+        f"- masks: {results.get('mask', MASK_DEFINITION)}",
         f"- check: ours vs FlexAttention output on each config (at density 1 also vs dense SDPA); ✗ when the "
         f"relative error > {tol} or the max abs error > {tol} · max(1, max |reference|); a ✗ time is not valid",
         "",
@@ -102,7 +111,7 @@ def markdown_report(results: dict) -> str:
             notes.setdefault((row["shape"], LABELS.get(b, b), err), []).append(f"{row['density']:g}")
         tf, vc, vf = row["tflops"], row["speedup_vs_cudnn"], row["speedup_vs_flex"]
         lines.append(
-            f"| {row['shape']} | {row['density']:g} ({row['kept_blocks_per_row']}/{row['n_blocks']}) | "
+            f"| {row['shape']} | {_density_cell(row)} | "
             f"{ms['sdpa_cudnn']} | {ms['sdpa_flash']} | {ms['flex']} | {ms['ours']} | {fmt(tf['sdpa_cudnn'], 0)} | "
             f"{fmt(tf['flex'], 0)} | {fmt(tf['ours'], 0)} | {fmt(vc['ours'], 2, '×')} | {fmt(vf['ours'], 2, '×')} "
             f"| {fmt(vc['flex'], 2, '×')} | {fmt_error(row['check']['max_abs_err'])} |"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import statistics
@@ -33,13 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from ...attention_processors.block_mask import num_blocks, pattern_to_block_mask
-from ...attention_processors.patterns import select_blocks
+from ...attention_processors.patterns import keep_count, kept_fraction, select_blocks, select_by_coverage
 from ...errors import RunError
 from .. import measure, script
 from ..measure import error_text, free, sync
 from ..results import close_run, environment, fmt
 from .options import (
     BLOCK_SIZE,
+    CALIBRATED_MASK_DEFINITION,
     CHECK_TOLERANCE,
     FLOPS_DEFINITION,
     LABELS,
@@ -65,6 +67,28 @@ def random_block_pattern(
     scores = torch.rand(1, heads, nb, nb, generator=generator)  # (1, H, nQ, nK), CPU: the same on every device
     forced = torch.zeros(nb, nb, dtype=torch.bool, device=device)  # (nQ, nK): nothing forced
     return select_blocks(scores.to(device), forced, density, max_forced=0)
+
+
+def calibrated_block_pattern(
+    n: int, heads: int, density: float, block_size: int = BLOCK_SIZE, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Seeded (indices (1, H, nQ, K), counts (1, H, nQ)) int32 of a calibrated budget (`CALIBRATED_MASK_DEFINITION`)
+    whose mean kept fraction is the uniform budget's at `density`, and the coverage that gives it."""
+    nb = num_blocks(n, block_size)
+    target = keep_count(density, nb) / nb
+    generator = torch.Generator().manual_seed(seed)
+    temperature = torch.logspace(math.log10(0.5), math.log10(4.0), heads).view(1, heads, 1, 1)  # (1, H, 1, 1)
+    mass = (torch.randn(1, heads, nb, nb, generator=generator) * temperature).softmax(-1)  # (1, H, nQ, nK), CPU
+    forced = torch.zeros(nb, nb, dtype=torch.bool)  # (nQ, nK): nothing forced
+    low, high = 0.0, 1.0  # bisection on the coverage: the kept fraction rises with it
+    for _ in range(30):
+        mid = (low + high) / 2
+        _, counts = select_by_coverage(mass, forced, mid, 1)
+        low, high = (mid, high) if kept_fraction(counts, nb) < target else (low, mid)
+    candidates = [(abs(kept_fraction(select_by_coverage(mass, forced, c, 1)[1], nb) - target), c) for c in (low, high)]
+    coverage = min(candidates)[1]
+    indices, counts = select_by_coverage(mass, forced, coverage, 1)
+    return indices.to(device), counts.to(device), coverage
 
 
 def block_lengths(length: int, block_size: int) -> torch.Tensor:
@@ -285,7 +309,8 @@ def _measure_shape(
     for density in options.densities:
         row: dict = {
             "shape": label, "n": n, "heads": h, "head_dim": d, "batch": 1, "density": density,
-            "block_size": bs, "n_blocks": num_blocks(n, bs), "kept_blocks_per_row": None, "actual_density": None,
+            "budget": options.budget, "block_size": bs, "n_blocks": num_blocks(n, bs), "kept_blocks_per_row": None,
+            "actual_density": None,
             "computed_fraction": None, "flops": None, "dense_flops": dense_flops(n, n, h, d),
             "ms": dict(dense_ms), "error": dict(dense_err),
             "check": {"reference": None, "max_abs_err": None, "rel_err": None, "ok": None, "error": None},
@@ -297,7 +322,10 @@ def _measure_shape(
             continue
         outs: dict[str, torch.Tensor] = {}
         try:
-            indices, counts = random_block_pattern(n, h, density, bs, options.seed, device)
+            if options.budget == "calibrated":
+                indices, counts, row["coverage"] = calibrated_block_pattern(n, h, density, bs, options.seed, device)
+            else:
+                indices, counts = random_block_pattern(n, h, density, bs, options.seed, device)
             mask = pattern_to_block_mask(indices, counts, bs, n, n)
             row["flops"] = computed_flops(indices, counts, n, n, bs, d)
             row["kept_blocks_per_row"] = int(counts.max())
@@ -365,7 +393,8 @@ def _environment(device: torch.device, command: str, options: BenchOptions) -> d
         **environment("attention", command, device, ("triton",), capability=True, cudnn=True),
         "dtype": "bfloat16", "batch": 1, "block_size": options.block_size, "seed": options.seed,
         "options": asdict(options), "check_tolerance": CHECK_TOLERANCE,
-        "timing": TIMING_DEFINITION, "flops": FLOPS_DEFINITION, "mask": MASK_DEFINITION,
+        "timing": TIMING_DEFINITION, "flops": FLOPS_DEFINITION,
+        "mask": CALIBRATED_MASK_DEFINITION if options.budget == "calibrated" else MASK_DEFINITION,
         "backends": {
             "sdpa_cudnn": "F.scaled_dot_product_attention under sdpa_kernel(SDPBackend.CUDNN_ATTENTION), dense",
             "sdpa_flash": "F.scaled_dot_product_attention under sdpa_kernel(SDPBackend.FLASH_ATTENTION), dense",
@@ -385,7 +414,7 @@ def run_benchmark(
     """Measure everything; JSON and markdown are rewritten after each row (a cut-short run keeps its rows)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    from ..attention_processors.kernels import block_sparse_fwd
+    from ...attention_processors.kernels import block_sparse_fwd
 
     device = torch.device(device)
     out_dir = Path(out_dir)

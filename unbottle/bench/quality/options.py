@@ -75,25 +75,40 @@ def _default_frames() -> int:
 
 @dataclass(frozen=True)
 class SparseSetting:
-    """One sparse-attention row of the video table: density, pattern, Re-ttention reshape, tokens per block."""
+    """One sparse-attention row of the video table: density (or a calibrated `coverage`), pattern, Re-ttention
+    reshape, tokens per block; `matched` names the coverage whose realized density a uniform row repeats."""
 
-    density: float
+    density: float | None
     pattern: str
     reshape: bool
     block_size: int
+    coverage: float | None = None
+    matched: float | None = None
 
     @property
     def name(self) -> str:
-        """The row's label, e.g. "sparse 0.1 (cached, block 64, reshape on)"."""
+        """The row's label, e.g. "sparse 0.1 (cached, block 64, reshape on)", "coverage 0.9 (cached, ...)" or
+        "sparse 0.412 (cached, ..., uniform at coverage 0.9's density)"."""
         reshape = "on" if self.reshape else "off"
-        return f"sparse {self.density:g} ({self.pattern}, block {self.block_size}, reshape {reshape})"
+        where = f"{self.pattern}, block {self.block_size}, reshape {reshape}"
+        if self.coverage is not None:
+            return f"coverage {self.coverage:g} ({where})"
+        if self.matched is not None:
+            return f"sparse {self.density:.3g} ({where}, uniform at coverage {self.matched:g}'s density)"
+        return f"sparse {self.density:g} ({where})"
+
+    def config_kwargs(self) -> dict:
+        """The `SparseAttentionConfig` fields this row sets."""
+        budget = {"coverage": self.coverage} if self.coverage is not None else {"density": self.density}
+        return {**budget, "pattern": self.pattern, "reshape": self.reshape, "block_size": self.block_size}
 
 
 @dataclass(frozen=True)
 class VideoQualityOptions:
     """What the video quality benchmark generates (held-out motion captions as clips) and which sparse-attention
     settings it compares with the dense clips: every combination of `sparse` × `patterns` × `reshape` ×
-    `block_sizes` (`grid`)."""
+    `block_sizes` (`grid`); and per `coverage` (calibrated budgets, cached patterns) × `block_sizes` × `reshape`, a
+    calibrated row and then a uniform row at the density the calibrated one realized (`coverage_grid`)."""
 
     captions: int = 64
     steps: int = 20
@@ -104,6 +119,7 @@ class VideoQualityOptions:
     reshape: tuple[bool, ...] = (True,)
     block_sizes: tuple[int, ...] = (VIDEO_BLOCK_SIZE,)
     seed: int = VIDEO_HELD_OUT_SEED
+    coverage: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("captions", "steps", "batch"):
@@ -129,12 +145,23 @@ class VideoQualityOptions:
         )  # fmt: skip
         if len(set(self.sparse)) < len(self.sparse):
             raise ValueError(f"sparse densities must differ, got {self.sparse}")
+        for c in self.coverage:
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 < c <= 1.0:
+                raise ValueError(f"coverage must be in (0, 1], got {c!r}")
+        if len(set(self.coverage)) < len(self.coverage):
+            raise ValueError(f"coverage values must differ, got {self.coverage}")
 
     def grid(self) -> list[SparseSetting]:
         """The sparse rows: every combination, grouped by pattern, then block size, then reshape (on before off as
         given), densities innermost, each list in the order given."""
         combos = itertools.product(self.patterns, self.block_sizes, self.reshape, self.sparse)
         return [SparseSetting(d, p, r, b) for p, b, r, d in combos]
+
+    def coverage_grid(self) -> list[SparseSetting]:
+        """The calibrated rows (cached patterns): every block size × reshape × coverage, in the order given. Each is
+        followed at run time by a uniform row at its realized density (`SparseSetting.matched`)."""
+        combos = itertools.product(self.block_sizes, self.reshape, self.coverage)
+        return [SparseSetting(None, "cached", r, b, coverage=c) for b, r, c in combos]
 
 
 def _check_list(name: str, values: tuple, ok, allowed: str) -> None:
@@ -197,6 +224,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparse", type=densities, metavar="D,...", default=[],
                         help="sparse-attention densities to compare with stock")  # fmt: skip
     patterns = functools.partial(parse_names, allowed=("cached", "window", "dynamic"), option="--sparse-patterns")
+    coverage = functools.partial(parse_densities, option="--coverage")
+    parser.add_argument("--coverage", type=coverage, metavar="C,...", default=[],
+                        help="with --video: calibrated budgets (cached patterns keeping, per row, the fewest key "
+                        "blocks that hold this softmax mass), each followed by uniform density at the density it "
+                        "realized")  # fmt: skip
     parser.add_argument("--sparse-patterns", "--sparse-pattern", dest="sparse_patterns", type=patterns,
                         default=["cached"], metavar="P,...",
                         help="sparse patterns from cached, window, dynamic (default cached; images take "

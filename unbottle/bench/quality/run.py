@@ -164,6 +164,7 @@ def video_options(args: argparse.Namespace) -> VideoQualityOptions:
             reshape=tuple(args.reshape or (True,)), block_sizes=tuple(args.sparse_block_sizes or (VIDEO_BLOCK_SIZE,)),
             **({} if args.frames is None else {"frames": args.frames}),
             **({} if args.caption_seed is None else {"seed": args.caption_seed}),
+            coverage=tuple(args.coverage),
         )  # fmt: skip
     except ValueError as e:
         raise UsageError(f"bench quality --video: {e}") from e
@@ -173,7 +174,8 @@ def image_options(args: argparse.Namespace) -> QualityOptions:
     """`bench quality`'s image settings from parsed arguments; UsageError naming a video-only option or a bad value."""
     from ...cli.bottleneck import parse_stages
 
-    video_only = {"--frames": args.frames, "--reshape": args.reshape, "--sparse-block-sizes": args.sparse_block_sizes}
+    video_only = {"--frames": args.frames, "--reshape": args.reshape, "--sparse-block-sizes": args.sparse_block_sizes,
+                  "--coverage": args.coverage or None}  # fmt: skip
     given = [name for name, value in video_only.items() if value is not None]
     if given:
         raise UsageError(f"bench quality: {', '.join(given)}: clips only; add --video")

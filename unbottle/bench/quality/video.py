@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -55,8 +55,7 @@ def sparse_clips(
     """The clips under one sparse setting, its realized density (None if no step ran sparse) and the seconds."""
     from ...attention_processors import SparseAttentionConfig, disable_sparse_attention, enable_sparse_attention
 
-    config = SparseAttentionConfig(density=setting.density, pattern=setting.pattern, reshape=setting.reshape,
-                                   block_size=setting.block_size)  # fmt: skip
+    config = SparseAttentionConfig(**setting.config_kwargs())
     handle = enable_sparse_attention(pipe, config)
     try:
         start = time.perf_counter()
@@ -81,7 +80,7 @@ def run_video_quality(
     rows = [score_row("stock", stock, captions, stock, time.perf_counter() - start)]
     rows[0].update(density=None, pattern=None, reshape=None, block_size=None, realized_density=None)
     log(f"stock: accuracy {rows[0]['accuracy']:.3f}")
-    for setting in options.grid():
+    def run_row(setting: SparseSetting) -> float | None:
         clips, density, seconds = sparse_clips(pipe, captions, setting, options)
         row = score_row(setting.name, clips, captions, stock, seconds)
         row.update(asdict(setting), realized_density=density)
@@ -89,5 +88,13 @@ def run_video_quality(
         realized = "–" if density is None else f"{density:.3f}"
         log(f"{setting.name}: accuracy {row['accuracy']:.3f}, PSNR vs stock {row['psnr_vs_stock']:.1f} dB, "
             f"realized density {realized}")  # fmt: skip
+        return density
+
+    for setting in options.grid():
+        run_row(setting)
+    for setting in options.coverage_grid():  # calibrated, then uniform at the same realized density
+        density = run_row(setting)
+        if density is not None:
+            run_row(replace(setting, density=round(density, 4), coverage=None, matched=setting.coverage))
     return {"model": "shapes-t2v (t2v)", "media": "video", "options": asdict(options), "device": str(device),
             "rows": rows, "torch": torch.__version__}  # fmt: skip
