@@ -224,7 +224,7 @@ def _generate(args: argparse.Namespace, output: object, stages: list | None, wor
         _enable_sparse(pipe, args, default)
     if getattr(args, "structured", False):
         _enable_structured(pipe)
-    runner = make_sampler(pipe, args, stages) if args.verb != "text" else None  # a BottleneckSampler or None
+    runner = make_sampler(pipe, args, stages) if args.verb != "text" else None  # a (checked) BottleneckSampler or None
     steps = args.steps if args.steps is not None else (default.steps if default and runner is None else None)
     runner = make_search_runner(pipe, args, runner) if args.verb != "text" else None  # NoiseSearch, or as is
 

@@ -10,6 +10,16 @@ from ...shapes.evaluate import FACT_TYPES
 from ..results import write_json_and_markdown
 
 
+def _table_start(title: str, head: list[str]) -> list[str]:
+    """A report's first lines: its title, then the table's header and rule."""
+    return [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def _accuracy_cells(row: dict) -> list[str]:
+    """A row's first cells: setting, accuracy, fact accuracy."""
+    return [row["setting"], f"{row['accuracy']:.3f}", f"{row['fact_accuracy']:.3f}"]
+
+
 def markdown_report(results: dict) -> str:
     """One row per setting: accuracy, fact accuracy, per-category and per-fact accuracy, PSNR vs stock, time."""
     categories = sorted({c for row in results["rows"] for c in row["per_category"]})
@@ -21,15 +31,10 @@ def markdown_report(results: dict) -> str:
     head += ["generator passes / image (fwd + bwd)"] if passes else []
     kinds = f" of kinds {', '.join(opts['kinds'])}" if opts.get("kinds") else ""
     noises = f" × {opts['noise_seeds']} noise seeds" if opts.get("noise_seeds", 1) > 1 else ""
-    lines = [
-        f"Shapes T2I quality: {opts['captions']} held-out captions{kinds} (seed {opts['seed']}){noises}, "
-        f"{opts['steps']} steps, {results['device']}.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    lines = _table_start(f"Shapes T2I quality: {opts['captions']} held-out captions{kinds} (seed {opts['seed']})"
+                         f"{noises}, {opts['steps']} steps, {results['device']}.", head)  # fmt: skip
     for row in results["rows"]:
-        cells = [row["setting"], f"{row['accuracy']:.3f}", f"{row['fact_accuracy']:.3f}"]
+        cells = _accuracy_cells(row)
         cells += [f"{row['per_category'][c]:.3f}" if c in row["per_category"] else "–" for c in categories]
         cells += [f"{row['per_fact'][f]:.3f}" if f in row.get("per_fact", {}) else "–" for f in facts]
         cells += [f"{row['psnr_vs_stock']:.1f}", f"{row['seconds']:.1f}"]
@@ -49,15 +54,11 @@ def markdown_video_report(results: dict) -> str:
     facts = [f for f in FACT_TYPES if any(f in row["per_fact"] for row in rows)]
     head = ["setting", "accuracy", "facts", *(f"fact: {f}" for f in facts), "PSNR vs stock (dB)", "realized density",
             "seconds"]  # fmt: skip
-    lines = [
-        f"Shapes T2V quality of sparse attention: {opts['captions']} held-out motion captions (seed {opts['seed']}), "
-        f"{opts['frames']} frames, {opts['steps']} steps, {results['device']}.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    lines = _table_start(f"Shapes T2V quality of sparse attention: {opts['captions']} held-out motion captions (seed "
+                         f"{opts['seed']}), {opts['frames']} frames, {opts['steps']} steps, {results['device']}.",
+                         head)  # fmt: skip
     for row in rows:
-        cells = [row["setting"], f"{row['accuracy']:.3f}", f"{row['fact_accuracy']:.3f}"]
+        cells = _accuracy_cells(row)
         cells += [_cell(row["per_fact"].get(f), 3) for f in facts]
         cells += [f"{row['psnr_vs_stock']:.1f}", _cell(row["realized_density"], 3), f"{row['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
