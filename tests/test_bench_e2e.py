@@ -151,7 +151,7 @@ def test_writers_on_a_synthetic_result(tmp_path):
     assert [r["variant"] for r in data["rows"]] == ["stock", "wan-3x", "wan-2x"]
     md = paths["md"].read_text()
     assert "| wan-3x | 5+20+8 | 7 | 20.00 | 19.00 | 7 × 2000.0 (16x21x60x104) | 3.00× | 29.00 | 2.38× |" in md
-    assert "OutOfMemoryError" in md and "| wan | wan-3x | with decode | 2.38× | ≥ 2.5× | ✗ |" in md
+    assert "OutOfMemoryError" in md and "| wan | wan-3x | stock | with decode | 2.38× | ≥ 2.5× | ✗ |" in md
     assert "prompt_embeds" in md  # what is not real-size is said
     results["cases"], results["options"]["quick"] = ["wan-sparse"], True
     assert e2e.output_stem(results) == "e2e-h200-wan-sparse-quick"
@@ -332,3 +332,39 @@ def test_a_failing_variant_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch
     assert rows["flux-2x"]["error"].startswith("OutOfMemoryError") and rows["flux-2x"]["denoise_s"] is None
     assert rows["flux-3x"]["error"] is None and rows["flux-3x"]["speedup_denoise"] > 0
     assert "OutOfMemoryError" in (tmp_path / f"{e2e.output_stem(results)}.md").read_text()
+
+
+def test_dry_run_of_the_compile_case(tmp_path, monkeypatch):
+    """wan-compile on the tiny Wan: every variant runs, the compiled ones equal their eager twins' latents (aot_eager
+    on the CPU), each compiled variant is undone before the next, and the targets name their basis."""
+    monkeypatch.setattr(e2e.run, "COMPILE_OPTIONS", {"fullgraph": True, "backend": "aot_eager"})
+    pipe = tiny_wan_pipeline()
+    case = dataclasses.replace(e2e.CASES["wan-compile"], height=64, width=64, frames=9, steps=10, repeats=1,
+                               text_tokens=16, sparse={"density": 0.3, "block_size": 8, "full_steps": 1,
+                                                       "refresh_every": 2})  # fmt: skip
+    latents = {}
+    real = e2e.run.measure_variant
+
+    def keep(pipe, case, variant, options, device, log):
+        row, last = real(pipe, case, variant, options, device, log)
+        latents[variant] = last
+        assert not any(getattr(m, "_compiled_call_impl", None) for m in pipe.transformer.modules())
+        return row, last
+
+    monkeypatch.setattr(e2e.run, "measure_variant", keep)
+    results = e2e.run_benchmark(e2e.E2EOptions(decode=False), tmp_path, "dry run", device="cpu",
+                                pipelines={"wan": pipe}, cases=[case], log=lambda message: None)  # fmt: skip
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert list(rows) == ["stock", "stock@compiled", "stock+sparse", "wan-3x+sparse", "wan-3x+sparse@compiled"]
+    assert all(r["error"] is None for r in rows.values()), rows
+    assert rows["stock@compiled"]["compiled"] == {"fullgraph": True, "backend": "aot_eager"}
+    assert rows["stock"]["compiled"] is None and rows["stock+sparse"]["sparse"]["density"] == 0.3
+    torch.testing.assert_close(latents["stock@compiled"], latents["stock"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(latents["wan-3x+sparse@compiled"], latents["wan-3x+sparse"], rtol=0, atol=1e-5)
+    assert float((latents["stock+sparse"] - latents["stock"]).abs().max()) > 1e-4  # sparse attention did run
+    targets = {(t["variant"], t["over"]): t for t in results["targets"]}
+    assert set(targets) == {("wan-3x+sparse", "stock"), ("wan-3x+sparse@compiled", "stock"),
+                            ("wan-3x+sparse@compiled", "stock@compiled")}  # fmt: skip
+    over_compiled = targets[("wan-3x+sparse@compiled", "stock@compiled")]
+    assert over_compiled["value"] == pytest.approx(rows["stock@compiled"]["denoise_s"]
+                                                   / rows["wan-3x+sparse@compiled"]["denoise_s"])  # fmt: skip

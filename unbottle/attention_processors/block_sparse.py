@@ -1,7 +1,9 @@
 """`block_sparse_attention`: attention over the kept tiles of a FlexAttention `BlockMask`, with log-sum-exps.
 
-CPU runs the fast routes of cpu_attention.py (the reference's results). CUDA runs our Triton kernel (on Hopper its
-TMA path) where it was measured faster: on Hopper, fp16/bf16, power-of-two head sizes, from `TRITON_MIN_KEYS` keys
+CPU runs the fast routes of cpu_attention.py (the reference's results). On CUDA with a `hopper` extra package
+installed (cuDNN frontend BSA, FlashAttention-4), every route is measured once per call shape and the fastest that
+agrees with FlexAttention runs (backend_choice.py). Otherwise CUDA runs our Triton kernel (on Hopper its TMA path)
+where it was measured faster: on Hopper, fp16/bf16, power-of-two head sizes, from `TRITON_MIN_KEYS` keys
 up (on an H200 1.07–1.2× compiled FlexAttention from 17,776 keys, and no recompilation per sequence length; at 4,608
 keys FlexAttention is level or ahead, bench/results/attention-h200.md). Everything else runs compiled FlexAttention
 (eager FlexAttention ignores full-tile block structure, see notes), and the reference where that fails.
@@ -16,6 +18,7 @@ import warnings
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from .backend_choice import Backend, register_backend, run_measured
 from .cpu_attention import block_sparse_attention_cpu, dense_attention_cpu
 from .key_mask import KeyMask, factor_key_mask
 from .reference import block_sparse_attention_reference, dense_attention_reference
@@ -89,6 +92,9 @@ def block_sparse_attention(
     Returns the output and, with `return_lse`, the natural-log log-sum-exp of each row's kept scores (B, H, Nq).
     """
     key = _check(q, k, v, block_mask, scale)
+    measured = run_measured(q, k, v, block_mask, scale) if q.is_cuda else None  # a `hopper` package installed
+    if measured is not None:
+        return measured if return_lse else measured[0]
     if q.is_cuda and k.shape[2] >= TRITON_MIN_KEYS and v.shape[-1] == q.shape[-1] and key not in _triton_refused:
         from .kernels.block_sparse_fwd import block_sparse_attention_triton, use_tma
 
@@ -103,6 +109,28 @@ def block_sparse_attention(
                 warnings.warn(f"the Triton kernel failed on head size {q.shape[-1]}, {q.dtype} ({type(e).__name__}: "
                               f"{str(e)[:200]}); FlexAttention runs this shape from now on", stacklevel=2)  # fmt: skip
     return block_sparse_attention_flex(q, k, v, block_mask, scale, return_lse)
+
+
+def _triton_refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> str | None:
+    from .kernels.block_sparse_fwd import use_tma
+
+    if not q.is_cuda or v.shape[-1] != q.shape[-1]:
+        return "it needs CUDA tensors and equal head sizes for keys and values"
+    return None if use_tma(q, k, v, q) else "its TMA path does not take these inputs (Hopper, head size, alignment)"
+
+
+def _triton_run(q, k, v, block_mask, scale):
+    from .kernels.block_sparse_fwd import block_sparse_attention_triton
+
+    return block_sparse_attention_triton(q, k, v, block_mask, scale=scale)
+
+
+def _flex_refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> str | None:
+    return None if q.is_cuda else "it runs compiled on CUDA only"
+
+
+register_backend(Backend("triton", _triton_run, _triton_refusal, lambda: True))
+register_backend(Backend("flex", _flex, _flex_refusal, lambda: True))
 
 
 def block_sparse_attention_flex(

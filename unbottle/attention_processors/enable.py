@@ -198,8 +198,11 @@ def _enable_denoiser(
         processors[key] = (
             SparseAttnProcessor(config, processor, name=name, store=store) if name in selected else processor
         )
-    set_attention_processors(model, processors)
+    set_attention_processors(model, dict(processors))  # (diffusers pops the entries of the dict it is given)
     attachment = attach(model, config, scheduler_steps(pipe) if pipe is not None else None)
+    for key, processor in processors.items():  # each layer exists before any forward: torch.compile traces no setup
+        if isinstance(processor, SparseAttnProcessor):
+            processor.bind(model.get_submodule(key.removesuffix(".processor")))
     handle = SparseAttentionHandle(model, config, store, originals, family=family, layer_hooks=attachment.layer_hooks,
                                    clock=attachment.clock, undo=disable_sparse_attention)  # fmt: skip
     setattr(model, HANDLE_ATTR, handle)

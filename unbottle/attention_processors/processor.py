@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..families.layout import TokenLayout
 from .attach import Attachment, attach, first_forward_info, running_denoiser, scheduler_steps
+from .compiled import register_layer, sparse_sdpa
 from .config import SparseAttentionConfig
 from .context_parallel import context_parallel_config, in_order
 from .diffusers_compat import attends_by_sdpa, default_processor
@@ -39,9 +40,11 @@ class SparseLayer:
     store: PatternStore
     clock: ModelClockHook | None = None  # drop-in form: the clock attached mid-forward holds that forward's info
     rule: StepRule = field(init=False)
+    token: torch.Tensor = field(init=False)  # how the compiled op (compiled.py) finds this layer
 
     def __post_init__(self) -> None:
         self.rule = StepRule(self.config, "or use unbottle.enable_sparse_attention(pipe, config).")
+        self.token = register_layer(self)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -97,6 +100,9 @@ class _CatchSDPA(TorchFunctionMode):
         if k.shape[1] != q.shape[1]:  # grouped-query attention: expand the key/value heads
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        if torch.compiler.is_compiling():  # the engine decides on the host: one opaque op in the graph
+            scale = call.get("scale")
+            return sparse_sdpa(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale, self.layer.token)
         out = self.layer.attend(q, k, v, attn_mask=mask, scale=call.get("scale"))
         return func(*args, **kwargs) if out is None else out
 
@@ -181,8 +187,11 @@ class SparseAttnProcessor:
         self._layers: dict[int, SparseLayer] = {}
         self._inner: dict[int, object] = {}
         self._attachment: Attachment | None | bool = None  # drop-in: None = not looked yet, False = no denoiser
+        self._bound: SparseLayer | None = None  # the layer of the one module this processor serves, once bound
         if processor is not None:  # e.g. Qwen-Image's text mask, Z-Image's RoPE reach the stock processor
-            self.__call__ = _showing_keywords_of(self.__call__, processor)
+            shown = _showing_keywords_of(self.__call__, processor)
+            if shown != self.__call__:  # a wrapper only where the processor names keywords of its own
+                self.__call__ = shown
 
     @property
     def _parallel_config(self) -> object | None:
@@ -202,6 +211,7 @@ class SparseAttnProcessor:
         """Drop the drop-in form's per-module state (after `disable_sparse_attention`)."""
         self._layers.clear()
         self._inner.clear()
+        self._bound = None
         self._attachment = None
 
     def _drop_in_attach(self, attn: torch.nn.Module) -> None:
@@ -219,8 +229,15 @@ class SparseAttnProcessor:
         self._attachment = attach(model, self.config, scheduler_steps(pipe) if pipe is not None else None)
         first_forward_info(self._attachment, bound)  # this forward began before the clock: its info waits there
 
+    def bind(self, attn: torch.nn.Module) -> None:
+        """Make `attn`'s sparse layer now (enable does, so that a compiled forward finds it made)."""
+        if not getattr(attn, "is_cross_attention", False):
+            self._bound = self._layer(attn)
+
     def _layer(self, attn: torch.nn.Module) -> SparseLayer | None:
         """This module's sparse layer, or None when the drop-in form runs on a module the family keeps dense."""
+        if self._bound is not None:  # one module's processor (enable_sparse_attention), its layer made by `bind`
+            return self._bound
         layer = self._layers.get(id(attn))
         if layer is None:
             name = self.name

@@ -9,20 +9,28 @@ from pathlib import Path
 
 from .. import measure
 from ..results import fmt, gpu_tag, write_json_and_markdown
-from .options import BACKENDS, CHECK_TOLERANCE, FLOPS_DEFINITION, LABELS, MASK_DEFINITION, TARGETS, TIMING_DEFINITION
+from .options import (
+    BACKENDS,
+    CHECK_TOLERANCE,
+    FLOPS_DEFINITION,
+    LABELS,
+    MASK_DEFINITION,
+    SPARSE_BACKENDS,
+    TARGETS,
+    TIMING_DEFINITION,
+)
 
 
 def finish_row(row: dict) -> dict:
     """Add TFLOP/s (row FLOPs / median ms) and speed-ups vs cuDNN dense and vs FlexAttention (baseline ms / ms)."""
     ms = row["ms"]
-    work = {"sdpa_cudnn": row["dense_flops"], "sdpa_flash": row["dense_flops"], "flex": row["flops"],
-            "ours": row["flops"]}  # fmt: skip
-    row["tflops"] = {b: (work[b] / (ms[b] * 1e-3) / 1e12 if ms.get(b) else None) for b in BACKENDS}
+    work = {b: row["dense_flops"] if b.startswith("sdpa") else row["flops"] for b in BACKENDS}
+    row["tflops"] = {b: (work[b] / (ms[b] * 1e-3) / 1e12 if ms.get(b) and work[b] else None) for b in BACKENDS}
 
     def ratios(base: str) -> dict[str, float | None]:
         """Baseline ms / backend ms for every other backend."""
         ref = ms.get(base)
-        return {b: (ref / ms[b] if ref and ms.get(b) else None) for b in BACKENDS if b != base}
+        return {b: (ref / ms[b] if ref and ms.get(b) else None) for b in BACKENDS if b != base and b in ms}
 
     row["speedup_vs_cudnn"] = ratios("sdpa_cudnn")
     row["speedup_vs_flex"] = ratios("flex")
@@ -34,11 +42,11 @@ def evaluate_targets(rows: list[dict], first_call: dict | None) -> list[dict]:
     out = []
     for row in rows:
         for density, backend, base, minimum in TARGETS:
-            if not math.isclose(row["density"], density):
+            if not math.isclose(row["density"], density) or backend not in row["ms"]:
                 continue
             key = "speedup_vs_cudnn" if base == "sdpa_cudnn" else "speedup_vs_flex"
             value = row[key].get(backend)
-            check_ok = row["check"]["ok"]
+            check_ok = row["check"]["ok"] if backend == "ours" else row.get("checks", {}).get(backend, {}).get("ok")
             met = None if value is None else (value >= minimum and check_ok is not False)
             out.append({
                 "shape": row["shape"], "density": density, "what": f"{LABELS[backend]} vs {LABELS[base]}",
@@ -87,23 +95,34 @@ def markdown_report(results: dict) -> str:
         f"- time: {TIMING_DEFINITION}",
         f"- TFLOP/s: {FLOPS_DEFINITION}",
         f"- masks: {results.get('mask', MASK_DEFINITION)}",
-        f"- check: ours vs FlexAttention output on each config (at density 1 also vs dense SDPA); ✗ when the "
+        f"- check: ours (and each `hopper` backend) vs FlexAttention output on each config (at density 1 also vs "
+        f"dense SDPA); engine's choice: the backend unbottle's measured choice (backend_choice.py) picks for the "
+        f"row's call, at its time in this table; ✗ when the "
         f"relative error > {tol} or the max abs error > {tol} · max(1, max |reference|); a ✗ time is not valid",
         "",
     ]
     failed = failed_checks(results)
     if failed:
         lines += [f"**ours FAILED the correctness check on {len(failed)} config(s): those times are not valid.**", ""]
+    extra = [b for b in SPARSE_BACKENDS[2:] if any(b in r["ms"] for r in results.get("rows", []))]  # measured
     lines += [
-        "| N × H × D | density (kept/row) | cuDNN ms | flash ms | Flex ms | ours ms | cuDNN TFLOP/s | Flex TFLOP/s | "
-        "ours TFLOP/s | ours vs cuDNN | ours vs Flex | Flex vs cuDNN | ours − Flex max abs err |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N × H × D | density (kept/row) | cuDNN ms | flash ms | Flex ms | ours ms | "
+        + "".join(f"{LABELS[b]} ms | " for b in extra)
+        + "cuDNN TFLOP/s | Flex TFLOP/s | ours TFLOP/s | ours vs cuDNN | ours vs Flex | Flex vs cuDNN | "
+        + "".join(f"{LABELS[b]} vs cuDNN | " for b in extra)
+        + "ours − Flex max abs err |",
+        "|---|---|---|---|---|---|" + "---|" * (2 * len(extra)) + "---|---|---|---|---|---|---|",
     ]
     notes: dict[tuple[str, str, str], list[str]] = {}  # (shape, backend, error) -> densities
     for row in results.get("rows", []):
         ms = {b: (fmt(row["ms"].get(b)) if b not in row["error"] else "error") for b in BACKENDS}
         if row["check"]["ok"] is False:
             ms["ours"] += " ✗"
+        for b, check in row.get("checks", {}).items():
+            if check.get("ok") is False:
+                ms[b] += " ✗"
+        if row.get("choice_backend"):
+            ms["choice"] = f"{ms['choice']} ({LABELS.get(row['choice_backend'], row['choice_backend'])})"
         errors = dict(row["error"])
         if row["check"].get("error"):
             errors["check"] = row["check"]["error"]
@@ -112,9 +131,12 @@ def markdown_report(results: dict) -> str:
         tf, vc, vf = row["tflops"], row["speedup_vs_cudnn"], row["speedup_vs_flex"]
         lines.append(
             f"| {row['shape']} | {_density_cell(row)} | "
-            f"{ms['sdpa_cudnn']} | {ms['sdpa_flash']} | {ms['flex']} | {ms['ours']} | {fmt(tf['sdpa_cudnn'], 0)} | "
-            f"{fmt(tf['flex'], 0)} | {fmt(tf['ours'], 0)} | {fmt(vc['ours'], 2, '×')} | {fmt(vf['ours'], 2, '×')} "
-            f"| {fmt(vc['flex'], 2, '×')} | {fmt_error(row['check']['max_abs_err'])} |"
+            f"{ms['sdpa_cudnn']} | {ms['sdpa_flash']} | {ms['flex']} | {ms['ours']} | "
+            + "".join(f"{ms[b]} | " for b in extra)
+            + f"{fmt(tf['sdpa_cudnn'], 0)} | {fmt(tf['flex'], 0)} | {fmt(tf['ours'], 0)} | "
+            f"{fmt(vc.get('ours'), 2, '×')} | {fmt(vf.get('ours'), 2, '×')} | {fmt(vc.get('flex'), 2, '×')} | "
+            + "".join(f"{fmt(vc.get(b), 2, '×')} | " for b in extra)
+            + f"{fmt_error(row['check']['max_abs_err'])} |"
         )
     targets = results.get("targets") or []
     if targets:
@@ -168,7 +190,8 @@ def write_plot(results: dict, path: Path, log: Callable[[str], None] | None = No
     cols = min(2, len(shapes))
     nrows = math.ceil(len(shapes) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4.2 * nrows), squeeze=False)
-    styles = {"sdpa_cudnn": "--", "sdpa_flash": ":", "flex": "-o", "ours": "-s"}
+    styles = {"sdpa_cudnn": "--", "sdpa_flash": ":", "flex": "-o", "ours": "-s", "cudnn_bsa": "-^", "fa4": "-v",
+              "flex_flash": "-d", "choice": "k."}  # fmt: skip
     for ax, shape in zip(axes.flat, shapes, strict=False):
         rows = sorted((r for r in results["rows"] if r["shape"] == shape), key=lambda r: r["density"])
         for backend in BACKENDS:

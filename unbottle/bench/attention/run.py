@@ -43,7 +43,9 @@ from .options import (
     BLOCK_SIZE,
     CALIBRATED_MASK_DEFINITION,
     CHECK_TOLERANCE,
+    CHOOSER_NAMES,
     FLOPS_DEFINITION,
+    HOPPER_BACKENDS,
     LABELS,
     MASK_DEFINITION,
     MIN_REPEATS,
@@ -335,6 +337,7 @@ def _measure_shape(
                 "flex": lambda mask=mask: flex(q, k, v, block_mask=mask),
                 "ours": lambda mask=mask: ours(q, k, v, mask, return_lse=False),
             }
+            calls.update(hopper_calls(q, k, v, mask, row))
         except Exception as e:  # noqa: BLE001 — the mask could not be built: both sparse backends lack it
             calls = {}
             row["error"].update({"flex": f"mask: {error_text(e)}", "ours": f"mask: {error_text(e)}"})
@@ -351,6 +354,9 @@ def _measure_shape(
                 row["error"][name] = error_text(e, caught)
                 free(device)
         _check(row, outs, dense_out if density == 1.0 else None)
+        _check_hopper(row, outs)
+        if "flex" in outs and calls:
+            _engine_choice(row, q, k, v, mask, log)
         row["ours_config"] = _tuned_config(ours_module) if "ours" in outs else None
         finish_row(row)
         on_row(row)
@@ -360,6 +366,58 @@ def _measure_shape(
             f"(ours {fmt(vs.get('ours'), 2, '×')} vs cuDNN, {fmt(row['speedup_vs_flex'].get('ours'), 2, '×')} vs "
             f"Flex), check {row['check']['ok']} err {fmt_error(row['check']['max_abs_err'])}"
             + "".join(f"; {b}: {e}" for b, e in row["error"].items()))  # fmt: skip
+
+
+def hopper_calls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object, row: dict) -> dict[str, Callable]:
+    """A call per installed `hopper` backend that takes these inputs; the others get their reason in row['error']."""
+    from ...attention_processors.backend_choice import chooser
+
+    calls = {}
+    backends = chooser().backends
+    for name in HOPPER_BACKENDS:
+        backend = backends.get(name)
+        if backend is None:
+            continue
+        why = backend.refusal(q, k, v, mask) if backend.available() else "not installed"
+        if why is None:
+            calls[name] = lambda backend=backend: backend.run(q, k, v, mask, None)[0]
+        elif why != "not installed":
+            row["error"][name] = f"refused: {why}"
+            row["ms"][name] = None
+    return calls
+
+
+def _check_hopper(row: dict, outs: dict[str, torch.Tensor]) -> None:
+    """Each `hopper` backend's output vs FlexAttention's, into row['checks'][name]."""
+    for name in HOPPER_BACKENDS:
+        if name not in outs or "flex" not in outs:
+            continue
+        max_abs, rel, ref_max = _compare(outs[name], outs["flex"])
+        row.setdefault("checks", {})[name] = {"reference": "flex", "max_abs_err": max_abs, "rel_err": rel,
+                                              "ok": within_tolerance(max_abs, rel, ref_max)}  # fmt: skip
+
+
+def _engine_choice(row: dict, q, k, v, mask, log: Callable[[str], None]) -> None:
+    """The backend the engine's measured choice (backend_choice.py) picks for this call, measured afresh (its cache
+    in a temporary folder), and its time from this row (row['ms']['choice'])."""
+    from ...attention_processors.backend_choice import BackendChooser, chooser
+
+    with tempfile.TemporaryDirectory(prefix="unbottle-bench-choice-") as folder:
+        fresh = BackendChooser(list(chooser().backends.values()), Path(folder) / "choice.json")
+        try:
+            _, order = fresh.order(q, k, v, mask, None)
+        except Exception as e:  # noqa: BLE001 — recorded, the run goes on
+            row["error"]["choice"] = error_text(e)
+            return
+        entry = next(iter(fresh.entries.values()))
+    row["choice_measured_ms"] = {CHOOSER_NAMES.get(n, n): round(t, 4) for n, t in entry["ms"].items()}
+    row["choice_failed"] = {CHOOSER_NAMES.get(n, n): why for n, why in entry["failed"].items()}
+    if order:
+        name = CHOOSER_NAMES.get(order[0], order[0])
+        row["choice_backend"] = name
+        row["ms"]["choice"] = row["ms"].get(name)
+    log(f"{row['shape']} density {row['density']:g}: engine's choice {row.get('choice_backend')} "
+        f"(its own times {row['choice_measured_ms']})")  # fmt: skip
 
 
 def _check(row: dict, outs: dict[str, torch.Tensor], dense_out: torch.Tensor | None) -> None:
@@ -402,6 +460,13 @@ def _environment(device: torch.device, command: str, options: BenchOptions) -> d
             "ours": "unbottle.attention_processors.kernels.block_sparse_attention_triton(q, k, v, block_mask, "
             "return_lse=False); Triton autotunes it once per (head size, block sizes), on the first call that meets "
             "them, as in the engine; each row's ours_config is the config in use",
+            "cudnn_bsa": "cuDNN frontend's block_sparse_attention_forward (CuTe DSL, SM90 kernel) on the BlockMask's "
+            "kept-tile lists with per-row counts, kv_splits=1, LSE returned (kernels/cudnn_bsa.py)",
+            "fa4": "FlashAttention-4's flash_attn_func with block_sparse_tensors (full tiles), LSE returned "
+            "(kernels/flash4.py)",
+            "flex_flash": "torch.compile(flex_attention) with kernel_options={'BACKEND': 'FLASH'}, LSE returned",
+            "choice": "the backend the engine's measured choice picks for the row's call (measured afresh, its "
+            "cache in a temporary folder); its time here is that backend's do_bench time from the same row",
         },
         "rows": [], "first_call": None, "targets": [],
     }  # fmt: skip

@@ -28,6 +28,8 @@ from .models import (
 )
 from .options import (
     CASES,
+    COMPILE_OPTIONS,
+    COMPILED,
     DEFAULT_CASES,
     NO_CUDA_MESSAGE,
     QUICK_FRAMES,
@@ -41,6 +43,7 @@ from .options import (
     effective_case,
     options_from_args,
     parse_cases,
+    variant_parts,
 )
 from .report import evaluate_targets, finish_case, markdown_report, output_stem, speedup, write_outputs
 from .run import (
@@ -58,6 +61,8 @@ from .run import (
 
 __all__ = [
     "CASES",
+    "COMPILED",
+    "COMPILE_OPTIONS",
     "DEFAULT_CASES",
     "FLUX_DEV_SCHEDULER",
     "FLUX_DEV_TRANSFORMER",
@@ -99,6 +104,7 @@ __all__ = [
     "run_from_cli",
     "sd3_medium_transformer",
     "speedup",
+    "variant_parts",
     "variant_stages",
     "wan_1_3b_transformer",
     "wan_vae",

@@ -74,14 +74,15 @@ from .models import (
 )
 from .options import (
     CASES,
+    COMPILE_OPTIONS,
     NO_CUDA_MESSAGE,
-    SPARSE,
     TIMING_DEFINITION,
     Case,
     E2EOptions,
     add_arguments,
     effective_case,
     options_from_args,
+    variant_parts,
 )
 from .report import evaluate_targets, finish_case, output_stem, write_outputs
 
@@ -95,7 +96,7 @@ def variant_stages(variant: str, case: Case) -> list | None:
     from ...pipelines.bottleneck import Stage
     from ...pipelines.bottleneck_presets import PRESETS
 
-    preset = variant.removesuffix(SPARSE)
+    preset = variant_parts(variant)[0]
     if preset == "stock":
         return None
     family, rows = PRESETS[preset]
@@ -216,11 +217,11 @@ class CallTimes:
 
 def _new_row(case: Case, variant: str, stages: list | None) -> dict:
     """A row with every key present (None until measured)."""
-    sparse = variant.endswith(SPARSE)
+    preset, sparse, compiled = variant_parts(variant)
     steps = [s.steps for s in stages] if stages else [case.steps]
     return {
-        "case": case.name, "model": case.model, "variant": variant, "preset": variant.removesuffix(SPARSE),
-        "sparse": dict(case.sparse) if sparse else None,
+        "case": case.name, "model": case.model, "variant": variant, "preset": preset,
+        "sparse": dict(case.sparse) if sparse else None, "compiled": COMPILE_OPTIONS if compiled else None,
         "stages": [dataclasses.asdict(s) for s in stages] if stages else None, "steps": steps,
         "height": case.height, "width": case.width, "frames": case.frames, "guidance_scale": case.guidance_scale,
         "transformer_calls": None, "repeats": case.repeats, "times_s": [], "denoise_s": None, "warmup_s": None,
@@ -241,12 +242,15 @@ def measure_variant(pipe: object, case: Case, variant: str, options: E2EOptions,
     row = _new_row(case, variant, None)
     latents = None
     handle = None
+    compiled: list[torch.nn.Module] = []
     try:
         stages = variant_stages(variant, case)
         row = _new_row(case, variant, stages)
         inputs = prompt_inputs(pipe, case, device, options.seed)
         if row["sparse"] is not None:
             handle = enable_sparse_attention(pipe, SparseAttentionConfig(**case.sparse))
+        if row["compiled"] is not None:  # after sparse attention: its processors are what the graphs trace
+            compiled = compile_denoisers(pipe)
         cap = None if handle is not None or options.warmup_steps == 0 else options.warmup_steps
         row["warmup"] = "whole generation" if cap is None else f"{cap} step(s) per stage"
         peak_reset(device)
@@ -271,11 +275,34 @@ def measure_variant(pipe: object, case: Case, variant: str, options: E2EOptions,
         latents = None
         log(f"{case.name} {variant}: {row['error']}")
     finally:
+        if compiled:
+            uncompile(compiled)
         if handle is not None:
             with contextlib.suppress(Exception):
                 disable_sparse_attention(pipe)
         free(device)
     return row, latents
+
+
+def compile_denoisers(pipe: object) -> list[torch.nn.Module]:
+    """`compile_repeated_blocks(**COMPILE_OPTIONS)` on every denoiser of the pipeline (diffusers' regional compile);
+    the modules it compiled, for `uncompile`."""
+    from ...attention_processors.enable import denoisers_of
+
+    compiled = []
+    for model in denoisers_of(pipe).values():
+        model.compile_repeated_blocks(**COMPILE_OPTIONS)
+        compiled += [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if not compiled:
+        raise RuntimeError("compile_repeated_blocks compiled no block of this pipeline's denoiser")
+    return compiled
+
+
+def uncompile(modules: list[torch.nn.Module]) -> None:
+    """Undo `nn.Module.compile` on `modules` and drop Dynamo's caches (the next variant runs eagerly)."""
+    for module in modules:
+        module._compiled_call_impl = None
+    torch._dynamo.reset()
 
 
 def measure_decode(pipe: object, latents: torch.Tensor, case: Case, device: torch.device) -> dict:

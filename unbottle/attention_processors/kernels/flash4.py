@@ -1,0 +1,108 @@
+"""Block-sparse attention on FlashAttention-4 (`flash-attn-4`, the `hopper` extra): its CuTe DSL forward for SM90 and
+SM100 takes per-(batch, head, query block) lists of full key tiles, as a BlockMask keeps them.
+
+Two ways in: `flash_attn.cute.flash_attn_func(..., block_sparse_tensors=...)` directly, with (B, N, H, D) views of our
+(B, H, N, D) tensors (free for diffusers' tensors, which are (B, N, H, D) in memory), and FlexAttention with
+`kernel_options={"BACKEND": "FLASH"}` on the same BlockMask (PyTorch lowers it to the same kernels). Both give a
+natural-log LSE. The engine's choice checks every backend's output before it times it, so a route that ignored the
+mask would never be picked.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask
+
+from .kept_lists import packed_kept_lists
+
+BLOCK_SIZE = 128  # FlashAttention-4's sparse tile on SM90 (query and key)
+DTYPES = (torch.float16, torch.bfloat16)
+_TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockMask -> {(B, H): BlockSparseTensorsTorch}
+_compiled_flex_flash = None
+
+
+@functools.cache
+def available() -> bool:
+    """Whether FlashAttention-4's CuTe DSL interface imports here."""
+    try:
+        from flash_attn.cute import flash_attn_func  # noqa: F401
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch  # noqa: F401
+    except Exception:  # noqa: BLE001 — absent, or a CUDA/DSL library it cannot load
+        return False
+    return True
+
+
+def refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> str | None:
+    """Why these inputs do not run here (None: they do)."""
+    if not q.is_cuda:
+        return "it needs CUDA tensors"
+    if torch.cuda.get_device_capability(q.device)[0] not in (9, 10, 11):
+        return "it needs an SM90-SM110 GPU"
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"it takes float16/bfloat16, got {q.dtype}"
+    if tuple(block_mask.BLOCK_SIZE) != (BLOCK_SIZE, BLOCK_SIZE):
+        return f"its sparse tiles are {BLOCK_SIZE} × {BLOCK_SIZE} tokens, got {block_mask.BLOCK_SIZE}"
+    if q.shape[-1] % 8 or v.shape[-1] % 8 or not (8 <= q.shape[-1] <= 128 and 8 <= v.shape[-1] <= 128):
+        return f"its head sizes are multiples of 8 up to 128, got {q.shape[-1]} and {v.shape[-1]}"
+    return None
+
+
+def _sparse_tensors(block_mask: BlockMask, batch: int, heads: int) -> object:
+    """The kept tiles as FlashAttention-4's full-tile lists (no partial tiles), made once per mask and (B, H)."""
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+    per_mask = _TENSORS.setdefault(block_mask, {})
+    if (batch, heads) not in per_mask:
+        indices, counts = packed_kept_lists(block_mask, batch, heads)  # (B, H, nQ, K), (B, H, nQ)
+        n_kv = -(-block_mask.seq_lengths[1] // BLOCK_SIZE)
+        full = torch.zeros(*indices.shape[:3], n_kv, dtype=torch.int32, device=indices.device)  # (B, H, nQ, nK)
+        width = min(n_kv, indices.shape[-1])
+        full[..., :width] = indices[..., :width]
+        per_mask[(batch, heads)] = BlockSparseTensorsTorch(
+            mask_block_cnt=torch.zeros_like(counts), mask_block_idx=torch.zeros_like(full), full_block_cnt=counts,
+            full_block_idx=full, block_size=(BLOCK_SIZE, BLOCK_SIZE),
+        )  # fmt: skip
+    return per_mask[(batch, heads)]
+
+
+def block_sparse_attention_flash4(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention (B, H, Nq, Dv) and natural-log LSE (B, H, Nq) fp32 over a BlockMask's kept tiles on
+    FlashAttention-4 (Zadouri et al., 2026). ValueError where it cannot run these inputs."""
+    why = refusal(q, k, v, block_mask)
+    if why is not None:
+        raise ValueError(f"FlashAttention-4 block-sparse attention cannot run this call: {why}")
+    from flash_attn.cute import flash_attn_func
+
+    tensors = _sparse_tensors(block_mask, q.shape[0], q.shape[1])
+    q_, k_, v_ = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, H, D) views
+    out, lse = flash_attn_func(q_, k_, v_, softmax_scale=scale, block_sparse_tensors=tensors, return_lse=True)
+    return out.transpose(1, 2), lse.float().reshape(q.shape[:3])  # (B, H, Nq, Dv), (B, H, Nq)
+
+
+def flex_flash_refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> str | None:
+    """Why FlexAttention's FLASH backend does not run these inputs here (None: it does)."""
+    return refusal(q, k, v, block_mask)
+
+
+def block_sparse_attention_flex_flash(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention and LSE through compiled FlexAttention lowered to FlashAttention-4
+    (`kernel_options={"BACKEND": "FLASH"}`, Zadouri et al. 2026)."""
+    global _compiled_flex_flash
+    why = flex_flash_refusal(q, k, v, block_mask)
+    if why is not None:
+        raise ValueError(f"FlexAttention's FLASH backend cannot run this call: {why}")
+    if _compiled_flex_flash is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled_flex_flash = torch.compile(flex_attention, dynamic=False)
+    out, lse = _compiled_flex_flash(q, k, v, block_mask=block_mask, scale=scale, return_lse=True,
+                                    kernel_options={"BACKEND": "FLASH"})  # fmt: skip
+    return out, lse.float()
