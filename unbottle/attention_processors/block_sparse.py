@@ -20,6 +20,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .backend_choice import Backend, register_backend, run_measured
 from .cpu_attention import block_sparse_attention_cpu, dense_attention_cpu
+from .kernels import flash4
 from .key_mask import KeyMask, factor_key_mask
 from .reference import block_sparse_attention_reference, dense_attention_reference
 
@@ -200,6 +201,11 @@ def _dense_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float 
         out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
             q, k, v, None, True, 0.0, False, False, scale=scale
         )[:2]
+    elif backend == "fa4":  # FlashAttention-4's dense forward, (B, N, H, D) views
+        from flash_attn.cute import flash_attn_func
+
+        out, lse = flash_attn_func(*(t.transpose(1, 2) for t in (q, k, v)), softmax_scale=scale, return_lse=True)
+        out = out.transpose(1, 2)
     elif backend == "flash":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
     else:
@@ -211,7 +217,7 @@ def dense_attention_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | KeyMask | None = None,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Exact attention (B, H, N, D) and its natural-log row LSE (B, H, N): cuDNN/flash/FlexAttention on CUDA (per
+    """Exact attention (B, H, N, D) and its natural-log row LSE (B, H, N): FA4/cuDNN/flash/FlexAttention on CUDA (per
     head size and dtype, the first route whose LSE matches the reference on a probe; FlexAttention under a key
     mask), the CPU route on CPU, the reference otherwise."""
     if isinstance(attn_mask, torch.Tensor) and attn_mask.dim() >= 2 and attn_mask.shape[-2] == 1:  # a key mask
@@ -245,14 +251,16 @@ def dense_attention_with_lse(
 
 
 def _probe_dense_backend(d: int, dv: int, dtype: torch.dtype, device: torch.device) -> str:
-    """The first CUDA route whose output and LSE match the reference on a small random problem of this shape."""
+    """The first CUDA route whose output and LSE match the reference on a small random problem of this shape
+    (FlashAttention-4, with the `hopper` extra, then cuDNN, flash, FlexAttention)."""
     q, k = (torch.randn(1, 2, 300, d, device=device, dtype=dtype) for _ in range(2))
     v = torch.randn(1, 2, 300, dv, device=device, dtype=dtype)
     ref, ref_lse = dense_attention_reference(q, k, v)
-    for backend in ("cudnn", "flash", "flex"):
+    routes = ("fa4", "cudnn", "flash", "flex") if flash4.available() else ("cudnn", "flash", "flex")
+    for backend in routes:  # FlashAttention-4 first where installed: its dense forward leads cuDNN's on Hopper
         try:
             out, lse = _dense_cuda(q, k, v, None, backend)
-        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+        except Exception:  # noqa: BLE001 — a route that refuses this shape or fails to build here
             continue
         if lse.shape == ref_lse.shape and torch.allclose(lse, ref_lse, atol=2e-2, rtol=0):
             if torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2):

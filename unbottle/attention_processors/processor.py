@@ -77,7 +77,9 @@ class SparseLayer:
 
 
 class _CatchSDPA(TorchFunctionMode):
-    """Routes `F.scaled_dot_product_attention` calls to `layer.attend`; counts them."""
+    """Routes `F.scaled_dot_product_attention` calls to `layer.attend`; counts them. Under compilation
+    `Tensor.unflatten` (Python code calling `super()`, which Dynamo in torch 2.11 cannot trace from inside a mode)
+    runs as `torch.unflatten`, the same ATen op."""
 
     def __init__(self, layer: SparseLayer) -> None:
         super().__init__()
@@ -86,6 +88,8 @@ class _CatchSDPA(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
+            if func is torch.Tensor.unflatten and torch.compiler.is_compiling():
+                return torch.unflatten(*args, **kwargs)  # the same op, traceable (class docstring)
             return func(*args, **kwargs)
         self.calls += 1
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")

@@ -9,40 +9,30 @@ and refuses, with a ValueError naming the limit, what the kernels do not take.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from .kept_lists import packed_kept_lists
+from .optional import device_refusal, importable
 
 BLOCK_SIZES = (64, 128)  # tokens per sparse block (query and key alike)
 HEAD_DIMS = (64, 96, 128)  # SM90 forward: QK and V head sizes
-DTYPES = (torch.float16, torch.bfloat16)
 _LISTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockMask -> {(B, H): (indices, counts)}
 
 
-@functools.cache
 def available() -> bool:
     """Whether cuDNN frontend's block-sparse attention imports here (with the CuTe DSL it runs on)."""
-    try:
-        import cudnn  # noqa: F401
-        from cudnn.block_sparse_attention import block_sparse_attention_forward  # noqa: F401
-    except Exception:  # noqa: BLE001 — absent, or a CUDA/DSL library it cannot load
-        return False
-    return True
+    return importable("cudnn.block_sparse_attention", "block_sparse_attention_forward")
 
 
 def refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> str | None:
     """Why these inputs do not run here (None: they do)."""
     q_bs, kv_bs = block_mask.BLOCK_SIZE
-    if not q.is_cuda:
-        return "it needs CUDA tensors"
-    if torch.cuda.get_device_capability(q.device)[0] not in (9, 10, 11, 12):
-        return "it needs an SM90-SM120 GPU"
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"it takes float16/bfloat16, got {q.dtype}"
+    why = device_refusal(q, k, v, (9, 10, 11, 12), "SM90-SM120")
+    if why is not None:
+        return why
     if q_bs != kv_bs or q_bs not in BLOCK_SIZES:
         return f"its blocks are {BLOCK_SIZES} tokens (query = key), got {block_mask.BLOCK_SIZE}"
     if q.shape[-1] not in HEAD_DIMS or v.shape[-1] not in HEAD_DIMS:

@@ -10,39 +10,31 @@ mask would never be picked.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from .kept_lists import packed_kept_lists
+from .optional import device_refusal, importable
 
 BLOCK_SIZE = 128  # FlashAttention-4's sparse tile on SM90 (query and key)
-DTYPES = (torch.float16, torch.bfloat16)
 _TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockMask -> {(B, H): BlockSparseTensorsTorch}
 _compiled_flex_flash = None
 
 
-@functools.cache
 def available() -> bool:
     """Whether FlashAttention-4's CuTe DSL interface imports here."""
-    try:
-        from flash_attn.cute import flash_attn_func  # noqa: F401
-        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch  # noqa: F401
-    except Exception:  # noqa: BLE001 — absent, or a CUDA/DSL library it cannot load
-        return False
-    return True
+    return importable("flash_attn.cute", "flash_attn_func") and importable(
+        "flash_attn.cute.block_sparsity", "BlockSparseTensorsTorch"
+    )
 
 
 def refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> str | None:
     """Why these inputs do not run here (None: they do)."""
-    if not q.is_cuda:
-        return "it needs CUDA tensors"
-    if torch.cuda.get_device_capability(q.device)[0] not in (9, 10, 11):
-        return "it needs an SM90-SM110 GPU"
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"it takes float16/bfloat16, got {q.dtype}"
+    why = device_refusal(q, k, v, (9, 10, 11), "SM90-SM110")
+    if why is not None:
+        return why
     if tuple(block_mask.BLOCK_SIZE) != (BLOCK_SIZE, BLOCK_SIZE):
         return f"its sparse tiles are {BLOCK_SIZE} × {BLOCK_SIZE} tokens, got {block_mask.BLOCK_SIZE}"
     if q.shape[-1] % 8 or v.shape[-1] % 8 or not (8 <= q.shape[-1] <= 128 and 8 <= v.shape[-1] <= 128):
