@@ -15,6 +15,7 @@ Without any `hopper` package nothing is measured: the fixed rule of block_sparse
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -59,8 +60,7 @@ def _hopper_backends() -> list[Backend]:
     return [
         Backend("cudnn_bsa", cudnn_bsa.block_sparse_attention_cudnn, cudnn_bsa.refusal, cudnn_bsa.available, True),
         Backend("fa4", flash4.block_sparse_attention_flash4, flash4.refusal, flash4.available, True),
-        Backend("flex_flash", flash4.block_sparse_attention_flex_flash, flash4.flex_flash_refusal, flash4.available,
-                True),
+        Backend("flex_flash", flash4.block_sparse_attention_flex_flash, flash4.refusal, flash4.available, True),
     ]  # fmt: skip
 
 
@@ -99,10 +99,14 @@ def mask_summary(block_mask: BlockMask) -> tuple[float, bool]:
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type != "cuda":
-        return device.type
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"{torch.cuda.get_device_name(device)} sm{major}{minor}"
+    return device.type if device.type != "cuda" else _cuda_name(device.index or 0)
+
+
+@functools.cache
+def _cuda_name(index: int) -> str:
+    """A GPU's name and compute capability, asked once (the key is made on every call)."""
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{torch.cuda.get_device_name(index)} sm{major}{minor}"
 
 
 def cuda_median_ms(fn: Callable[[], object]) -> float:

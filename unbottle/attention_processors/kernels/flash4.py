@@ -76,18 +76,13 @@ def block_sparse_attention_flash4(
     return out.transpose(1, 2), lse.float().reshape(q.shape[:3])  # (B, H, Nq, Dv), (B, H, Nq)
 
 
-def flex_flash_refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> str | None:
-    """Why FlexAttention's FLASH backend does not run these inputs here (None: it does)."""
-    return refusal(q, k, v, block_mask)
-
-
 def block_sparse_attention_flex_flash(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention and LSE through compiled FlexAttention lowered to FlashAttention-4
     (`kernel_options={"BACKEND": "FLASH"}`, Zadouri et al. 2026)."""
     global _compiled_flex_flash
-    why = flex_flash_refusal(q, k, v, block_mask)
+    why = refusal(q, k, v, block_mask)  # FlexAttention lowers to the same kernels
     if why is not None:
         raise ValueError(f"FlexAttention's FLASH backend cannot run this call: {why}")
     if _compiled_flex_flash is None:

@@ -35,15 +35,11 @@ def packed_kept_lists(block_mask: BlockMask, batch: int, heads: int) -> tuple[to
     lists = [i.to(torch.int32).expand(*shape, i.shape[-1]) for _, i in parts]  # (B, H, nQ, K_j) each
     if len(parts) == 1:
         return lists[0].contiguous(), counts[0].contiguous()
-    (c1, c2), (i1, i2) = counts, lists
-    width = i1.shape[-1] + i2.shape[-1]
-    slots = torch.arange(width, device=i1.device, dtype=torch.int32)  # (K,)
-    first = slots < c1[..., None]  # (B, H, nQ, K): the slot holds a partial-tile entry
-    from_full = (slots - c1[..., None]).clamp(0, max(i2.shape[-1] - 1, 0))  # (B, H, nQ, K)
-    second = torch.gather(i2, -1, from_full.long()) if i2.shape[-1] else torch.zeros_like(from_full)
-    own = torch.gather(i1, -1, slots.clamp(max=max(i1.shape[-1] - 1, 0)).long().expand_as(from_full)) if (
-        i1.shape[-1]
-    ) else torch.zeros_like(from_full)
-    count = c1 + c2  # (B, H, nQ)
-    indices = torch.where(first, own, torch.where(slots < count[..., None], second, torch.zeros_like(second)))
-    return indices.to(torch.int32).contiguous(), count.contiguous()
+    indices = torch.cat(lists, -1)  # (B, H, nQ, K1 + K2): partial slots, then full slots
+    valid = torch.cat([torch.arange(i.shape[-1], device=i.device) < c[..., None]
+                       for c, i in zip(counts, lists, strict=True)], -1)  # fmt: skip
+    front = (~valid).to(torch.int32).argsort(dim=-1, stable=True)  # valid entries first, in their order
+    count = counts[0] + counts[1]  # (B, H, nQ)
+    packed = indices.gather(-1, front)
+    slots = torch.arange(packed.shape[-1], device=packed.device)
+    return torch.where(slots < count[..., None], packed, 0).to(torch.int32).contiguous(), count.contiguous()
