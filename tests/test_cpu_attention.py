@@ -1,5 +1,6 @@
 """CPU attention routes: dense and block-sparse attention with LSE equal the PyTorch reference on fresh random inputs
-(tails, varying and empty rows, broadcast patterns, key masks, padded rows, explicit scale, fp32 and bf16)."""
+(tails, varying and empty rows, broadcast patterns, key masks, padded rows, explicit scale, fp32 and bf16), on both
+block-sparse routes (small-tile matmuls and the flash kernel)."""
 
 import pytest
 import torch
@@ -119,6 +120,13 @@ CASES = [  # (B, H, Nq, Nk, D, block, pattern batch, pattern heads)
 ]
 
 
+@pytest.fixture(params=["matmul", "flash"])
+def route(request, monkeypatch):
+    """Every tile on the small-tile matmul route, or every tile on the flash kernel."""
+    monkeypatch.setattr(cpu_attention, "SMALL_TILE", 10**9 if request.param == "matmul" else 0)
+    return request.param
+
+
 def case_inputs(case, dtype, seed, empty_rows=()):
     b, h, nq, nk, d, bs, pb, ph = case
     gen = torch.Generator().manual_seed(seed)
@@ -129,7 +137,7 @@ def case_inputs(case, dtype, seed, empty_rows=()):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES)
-def test_block_sparse_matches_reference(dtype, case):
+def test_block_sparse_matches_reference(dtype, case, route):
     _, q, k, v, block_mask = case_inputs(case, dtype, seed=sum(case), empty_rows=[(0, 0, 1)])
     for scale in (None, 0.21):
         out, lse = block_sparse_attention_cpu(q, k, v, block_mask, scale=scale)
@@ -142,7 +150,7 @@ def test_block_sparse_matches_reference(dtype, case):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES[1:4])
-def test_block_sparse_key_masks_match_reference(dtype, case):
+def test_block_sparse_key_masks_match_reference(dtype, case, route):
     gen, q, k, v, block_mask = case_inputs(case, dtype, seed=7 + sum(case))
     b, nk = q.shape[0], k.shape[2]
     keys = torch.rand(b, 1, 1, nk, generator=gen) > 0.5
@@ -156,7 +164,7 @@ def test_block_sparse_key_masks_match_reference(dtype, case):
     assert torch.equal(out[-1], torch.zeros_like(out[-1])) and bool((lse[-1] == float("-inf")).all())
 
 
-def test_key_masked_dispatch_with_padded_rows_matches_reference():
+def test_key_masked_dispatch_with_padded_rows_matches_reference(route):
     gen, q, k, v, block_mask = case_inputs(CASES[1], torch.float32, seed=11)
     n = q.shape[2]
     tokens = torch.arange(n)[None, :] < torch.tensor([[60], [n]])  # (B, N)
@@ -188,3 +196,20 @@ def test_partial_tiles_run_the_reference():
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
     tril = torch.ones(40, 40, dtype=torch.bool).tril()
     assert_close(out, lse, *dense_attention_reference(q, k, v, attn_mask=tril), torch.float32)
+
+
+@pytest.mark.parametrize("block, kept, expected", [(16, 2, "_matmul_attention"), (32, 2, "_matmul_attention"),
+                                                   (64, 2, "_flash")])  # fmt: skip
+def test_small_tiles_take_the_matmul_route(monkeypatch, block, kept, expected):
+    gen = torch.Generator().manual_seed(block)
+    q, k, v = qkv(gen, 1, 2, 4 * block, 4 * block, 16)
+    indices = torch.stack([torch.randperm(4, generator=gen) for _ in range(8)]).view(1, 2, 4, 4).int()
+    block_mask = pattern_to_block_mask(indices, torch.full((1, 2, 4), kept, dtype=torch.int32), block, 4 * block,
+                                       4 * block)  # fmt: skip
+    taken = []
+    for name in ("_matmul_attention", "_flash"):
+        real = getattr(cpu_attention, name)
+        monkeypatch.setattr(cpu_attention, name, lambda *a, _real=real, _name=name: taken.append(_name) or _real(*a))
+    out, lse = block_sparse_attention_cpu(q, k, v, block_mask)
+    assert taken and set(taken) == {expected}
+    assert_close(out, lse, *block_sparse_attention_reference(q, k, v, block_mask), torch.float32)

@@ -46,3 +46,48 @@ def test_unsupported_version_is_refused_before_anything_changes(monkeypatch, mod
     with pytest.raises(RuntimeError, match=expected):  # the drop-in form's state hooks check too
         LayerStateHook()
     assert not diffusers_compat._checked
+
+
+def _sparse_modules(model):
+    return [m for m in model.modules() if getattr(m, "_diffusers_hook", None) is not None
+            and m._diffusers_hook.get_hook("unbottle_sparse_layer") is not None]  # fmt: skip
+
+
+def test_layer_state_hooks_leave_the_class_forward_in_place():
+    model = tiny_pixart_pipeline().transformer
+    handle = unbottle.enable_sparse_attention(model, CONFIG)
+    modules = _sparse_modules(model)
+    assert modules  # the hooks are registered (cache contexts and resets reach them) ...
+    for module in modules:  # ... and no per-module forward wrapper is left, which compile would guard on
+        assert isinstance(module._diffusers_hook.get_hook("unbottle_sparse_layer"), LayerStateHook)
+        assert "forward" not in module.__dict__ and module.forward.__func__ is type(module).forward
+    handle.disable()
+    assert not _sparse_modules(model)
+    assert all("forward" not in m.__dict__ for m in model.modules() if hasattr(m, "processor"))
+
+
+def test_a_hook_registered_before_keeps_running():
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    class Count(ModelHook):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            self.calls += 1
+            return args, kwargs
+
+    pipe = tiny_pixart_pipeline()
+    attn = pipe.transformer.transformer_blocks[0].attn1
+    count = Count()
+    HookRegistry.check_if_exists_or_initialize(attn).register_hook(count, "count")
+    handle = unbottle.enable_sparse_attention(pipe, CONFIG)
+    assert "forward" in attn.__dict__  # two hooks: diffusers' wrappers stay
+    pipe("a cat", num_inference_steps=2, height=32, width=32, output_type="latent", use_resolution_binning=False)
+    assert count.calls > 0
+    handle.disable()
+    assert attn._diffusers_hook.get_hook("count") is count and "forward" in attn.__dict__
+    calls = count.calls
+    pipe("a cat", num_inference_steps=1, height=32, width=32, output_type="latent", use_resolution_binning=False)
+    assert count.calls > calls

@@ -145,6 +145,25 @@ def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
     registry(module).register_hook(hook, name)
 
 
+def register_state_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+    """Register `hook`, one that only holds state (no forward behaviour), on `module` under `name`. diffusers wraps the
+    module's forward for every hook; where this is the module's only hook the wrapper is dropped again, so the module
+    keeps its class's forward: a per-module wrapper makes torch.compile (2.11) guard on its identity and compile every
+    repeated block anew. The registry still holds the hook, so cache contexts and state resets reach it."""
+    registry(module).register_hook(hook, name)
+    if list(module._diffusers_hook.hooks) == [name]:
+        _drop_forward_attribute(module)
+
+
+def _drop_forward_attribute(module: torch.nn.Module) -> None:
+    """Delete an instance `forward` that is a wrapper of, or the same as, the module's class forward (a lone state
+    hook's, or what diffusers put back on removing it)."""
+    forward = module.__dict__.get("forward")
+    target = getattr(forward, "__wrapped__", forward)
+    if getattr(target, "__self__", None) is module and getattr(target, "__func__", None) is type(module).forward:
+        del module.forward
+
+
 def refresh_contexts(model: torch.nn.Module) -> None:
     """After hooks were added or removed under `model`: let its cache contexts reach exactly the hooks there now."""
     registry(model).invalidate_child_registries_cache()
@@ -156,4 +175,6 @@ def remove_hooks(model: torch.nn.Module, model_hook: str, layer_hook: str) -> No
     for module in model.modules():
         if hasattr(module, "_diffusers_hook") and module._diffusers_hook.get_hook(layer_hook) is not None:
             module._diffusers_hook.remove_hook(layer_hook, recurse=False)
+            if not module._diffusers_hook.hooks:
+                _drop_forward_attribute(module)
     refresh_contexts(model)

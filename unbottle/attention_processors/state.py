@@ -17,7 +17,7 @@ import torch
 
 from ..families.layout import TokenLayout
 from .context_parallel import SequenceShards, check_parallel_unchanged
-from .diffusers_compat import NO_BRANCH, StatefulHook, context_step, get_hook, register_hook
+from .diffusers_compat import NO_BRANCH, StatefulHook, context_step, get_hook, register_state_hook
 from .engine import LayerState
 
 MODEL_HOOK = "unbottle_sparse_clock"
@@ -159,5 +159,5 @@ def layer_state_hook(module: torch.nn.Module) -> LayerStateHook:
     hook = get_hook(module, LAYER_HOOK)
     if hook is None:
         hook = LayerStateHook()
-        register_hook(module, hook, LAYER_HOOK)
+        register_state_hook(module, hook, LAYER_HOOK)
     return hook
