@@ -203,9 +203,8 @@ class BackendChooser:
             if not isinstance(entry, dict) or not isinstance(entry.get("order"), list):
                 raise ValueError(f"entry {key!r} has no 'order' list")
             order, ms = entry["order"], entry.get("ms", {})
-            if not all(isinstance(name, str) and name in self.backends for name in order) or len(set(order)) != len(
-                order
-            ):
+            known = all(isinstance(name, str) and name in self.backends for name in order)
+            if not known or len(set(order)) != len(order):
                 raise ValueError(f"entry {key!r}: 'order' {order!r} names unknown or repeated backends")
             if not isinstance(ms, dict) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
@@ -318,8 +317,10 @@ def chooser() -> BackendChooser:
     return _chooser
 
 
+@functools.cache
 def hopper_installed() -> bool:
-    """Whether any `hopper` extra package imports here (only then is anything measured)."""
+    """Whether any `hopper` extra package imports here (only then is anything measured; asked once, as every CUDA
+    block-sparse call asks)."""
     return any(b.available() for b in _hopper_backends())
 
 

@@ -191,8 +191,10 @@ def _group_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Output (g, q_bs, D) and LSE (g, q_bs) of one group's rows over their gathered key blocks, in chunks."""
     g, width, d = group.bias.shape[0], group.width, qp.shape[-1]
-    small = qp.shape[1] * width * kv_bs <= SMALL_TILE
-    step = max(1, _SCORES_BUDGET // (qp.shape[1] * width * kv_bs) if small else _GATHER_BUDGET // (width * kv_bs * d))
+    tile = qp.shape[1] * width * kv_bs  # one row's query × kept-key pairs
+    small = tile <= SMALL_TILE
+    attention = _matmul_attention if small else _flash
+    step = max(1, _SCORES_BUDGET // tile if small else _GATHER_BUDGET // (width * kv_bs * d))
     outs, lses = [], []
     for start in range(0, g, step):
         stop = min(start + step, g)
@@ -203,7 +205,6 @@ def _group_attention(
         bias = group.bias[start:stop] if group.masked or keys is not None else None  # (c, 1, 1, W·kv_bs)
         if keys is not None:
             bias = bias + keys.index_select(0, blocks).view_as(bias)
-        attention = _matmul_attention if small else _flash
         o, row_lse = attention(qg[:, None], kg, vg, bias, scale)  # (c, 1, q_bs, D), (c, 1, q_bs)
         o, row_lse = o[:, 0], row_lse[:, 0].float()
         if keys is not None:  # rows whose every kept key is masked: output 0, LSE -inf

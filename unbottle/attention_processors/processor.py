@@ -76,6 +76,9 @@ class SparseLayer:
         return None if out is None else out.index_select(2, scatter)
 
 
+_SDPA, _UNFLATTEN = F.scaled_dot_product_attention, torch.Tensor.unflatten
+
+
 class _CatchSDPA(TorchFunctionMode):
     """Routes `F.scaled_dot_product_attention` calls to `layer.attend`; counts them. Under compilation
     `Tensor.unflatten` (Python code calling `super()`, which Dynamo in torch 2.11 cannot trace from inside a mode)
@@ -87,8 +90,8 @@ class _CatchSDPA(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
-            if func is torch.Tensor.unflatten and torch.compiler.is_compiling():
+        if func is not _SDPA:  # every torch call of the wrapped processor passes here: keep this path short
+            if func is _UNFLATTEN and torch.compiler.is_compiling():
                 return torch.unflatten(*args, **kwargs)  # the same op, traceable (class docstring)
             return func(*args, **kwargs)
         self.calls += 1
