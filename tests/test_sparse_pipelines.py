@@ -163,6 +163,38 @@ def test_drop_in_processor(name, stock):
     np.testing.assert_array_equal(run(pipe, name), base)
 
 
+def test_a_drop_in_replaced_by_hand_gives_way_to_the_next():
+    """set_attn_processor(stock) over a drop-in, then another drop-in: its first forward replaces the old hooks."""
+    pipe, fresh = ALL["wan"](), ALL["wan"]()
+    model = denoiser(pipe)
+    stock_processors = dict(model.attn_processors)
+    model.set_attn_processor(unbottle.SparseAttnProcessor(SPARSE))
+    run(pipe, "wan")
+    model.set_attn_processor(dict(stock_processors))  # by hand, not disable_sparse_attention: its hooks stay
+    assert has_sparse_hooks(model)
+    model.set_attn_processor(unbottle.SparseAttnProcessor(NO_REFRESH))
+    denoiser(fresh).set_attn_processor(unbottle.SparseAttnProcessor(NO_REFRESH))
+    np.testing.assert_array_equal(run(pipe, "wan"), run(fresh, "wan"))  # as if the first had never been set
+    unbottle.disable_sparse_attention(pipe)
+    assert not has_sparse_hooks(model)
+
+
+def test_a_drop_in_is_refused_over_enable_and_beside_another():
+    pipe = ALL["wan"]()
+    model = denoiser(pipe)
+    handle = unbottle.enable_sparse_attention(pipe, SPARSE)
+    first = next(m for n, m in model.named_modules() if n.endswith("attn1"))
+    first.set_processor(unbottle.SparseAttnProcessor(NO_REFRESH))
+    with pytest.raises(RuntimeError, match=r"enabled on this WanTransformer3DModel by unbottle\.enable_sparse"):
+        run(pipe, "wan")
+    handle.disable()
+    model.set_attn_processor(unbottle.SparseAttnProcessor(SPARSE))
+    run(pipe, "wan")
+    first.set_processor(unbottle.SparseAttnProcessor(NO_REFRESH))  # beside the one set on every other module
+    with pytest.raises(RuntimeError, match="another SparseAttnProcessor is set on modules of this"):
+        run(pipe, "wan")
+
+
 # -- token layouts the adapters hand to the layers --------------------------------------------------------------------
 # the largest self-attention of each family at 32×32 (× 9 frames): (frames, rows, columns) of latent patches, number
 # of text tokens in the joint sequence and whether they come first (derived from the fixture configs: VAE and patch

@@ -2,7 +2,7 @@
 call.
 
 Legacy processors (UNet, SD3, PixArt, CogVideoX) call `F.scaled_dot_product_attention` directly; dispatcher-aware
-ones (Flux, Wan, HunyuanVideo, LTX) reach it through diffusers' `native` backend. A `TorchFunctionMode`, active only
+ones (Flux, Wan, HunyuanVideo, LTX) reach it through diffusers' `native` backend. A catch (sdpa_catch.py), open only
 while the wrapped processor runs, hands that call's q/k/v (B, H, N, D) — after projections, QK-norm and RoPE — to the
 layer's `SparseLayer`, which runs the engine with the denoiser clock's step and token layout, so no model processor
 code is copied. Calls that are not self-attention pass through untouched. Under Ulysses context parallelism the
@@ -16,18 +16,18 @@ import inspect
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from ..families.layout import TokenLayout
 from .attach import Attachment, attach, first_forward_info, running_denoiser, scheduler_steps
-from .compiled import register_layer, sparse_sdpa
+from .compiled import register_layer
 from .config import SparseAttentionConfig
 from .context_parallel import context_parallel_config, in_order
-from .diffusers_compat import attends_by_sdpa, default_processor
+from .diffusers_compat import attends_by_sdpa, default_processor, has_hook, remove_hooks
 from .engine import AttentionCall, DiTPatterns, PatternStore, attend
+from .handle import HANDLE_ATTR
 from .schedule import StepRule
-from .state import CURRENT_FORWARD, LayerStateHook, ModelClockHook, layer_state_hook
+from .sdpa_catch import catching, learn
+from .state import CURRENT_FORWARD, LAYER_HOOK, MODEL_HOOK, LayerStateHook, ModelClockHook, layer_state_hook
 
 
 @dataclass
@@ -74,44 +74,6 @@ class SparseLayer:
         q, k, v = (x.index_select(2, gather) for x in (q, k, v))  # (B, H, N, D)
         out = attend(AttentionCall(q, k, v, scale, in_order(attn_mask, gather)), kind, state, patterns, cfg)
         return None if out is None else out.index_select(2, scatter)
-
-
-_SDPA, _UNFLATTEN = F.scaled_dot_product_attention, torch.Tensor.unflatten
-
-
-class _CatchSDPA(TorchFunctionMode):
-    """Routes `F.scaled_dot_product_attention` calls to `layer.attend`; counts them. Under compilation
-    `Tensor.unflatten` (Python code calling `super()`, which Dynamo in torch 2.11 cannot trace from inside a mode)
-    runs as `torch.unflatten`, the same ATen op."""
-
-    def __init__(self, layer: SparseLayer) -> None:
-        super().__init__()
-        self.layer, self.calls = layer, 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not _SDPA:  # every torch call of the wrapped processor passes here: keep this path short
-            if func is _UNFLATTEN and torch.compiler.is_compiling():
-                return torch.unflatten(*args, **kwargs)  # the same op, traceable (class docstring)
-            return func(*args, **kwargs)
-        self.calls += 1
-        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-        call = dict(zip(names, args, strict=False)) | kwargs
-        q, k, v = call["query"], call["key"], call["value"]
-        mask = call.get("attn_mask")
-        if (
-            q.dim() != 4 or q.shape[2] != k.shape[2] or call.get("dropout_p", 0.0) or call.get("is_causal", False)
-            or (mask is not None and mask.dim() == 4 and mask.shape[-2] not in (1, q.shape[2]))
-        ):  # fmt: skip
-            return func(*args, **kwargs)
-        if k.shape[1] != q.shape[1]:  # grouped-query attention: expand the key/value heads
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        if torch.compiler.is_compiling():  # the engine decides on the host: one opaque op in the graph
-            scale = call.get("scale")
-            return sparse_sdpa(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale, self.layer.token)
-        out = self.layer.attend(q, k, v, attn_mask=mask, scale=call.get("scale"))
-        return func(*args, **kwargs) if out is None else out
 
 
 def stock_processor_for(attn: torch.nn.Module, encoder_hidden_states, image_rotary_emb) -> object:
@@ -233,8 +195,26 @@ class SparseAttnProcessor:
         if found is None:
             return
         model, bound, pipe = found
+        if has_hook(model, MODEL_HOOK):  # attached before: by enable, by another drop-in, or by one since replaced
+            self._replace_earlier_drop_in(model)
         self._attachment = attach(model, self.config, scheduler_steps(pipe) if pipe is not None else None)
         first_forward_info(self._attachment, bound)  # this forward began before the clock: its info waits there
+
+    def _replace_earlier_drop_in(self, model: torch.nn.Module) -> None:
+        """Remove the hooks of an earlier drop-in processor no module runs any more (`set_attn_processor` replaced
+        it); refuse where sparse attention is still set on the model another way."""
+        if getattr(model, HANDLE_ATTR, None) is not None:
+            raise RuntimeError(
+                f"sparse attention is enabled on this {type(model).__name__} by unbottle.enable_sparse_attention; "
+                "call unbottle.disable_sparse_attention first to set a SparseAttnProcessor"
+            )
+        processors = (getattr(module, "processor", None) for module in model.modules())
+        if any(isinstance(p, SparseAttnProcessor) and p is not self for p in processors):
+            raise RuntimeError(
+                f"another SparseAttnProcessor is set on modules of this {type(model).__name__}; set one "
+                "SparseAttnProcessor for the whole model (model.set_attn_processor(SparseAttnProcessor(config)))"
+            )
+        remove_hooks(model, MODEL_HOOK, LAYER_HOOK)
 
     def bind(self, attn: torch.nn.Module) -> None:
         """Make `attn`'s sparse layer now (enable does, so that a compiled forward finds it made)."""
@@ -283,9 +263,10 @@ class SparseAttnProcessor:
         layer = None if getattr(attn, "is_cross_attention", False) else self._layer(attn)
         if layer is None:
             return inner(*call_args, **kwargs)
-        catch = _CatchSDPA(layer)
-        with catch:
+        catch, opened = catching(layer, type(inner))
+        with opened:
             out = inner(*call_args, **kwargs)
+        learn(type(inner), catch)
         if catch.calls == 0 and not attends_by_sdpa(inner):  # on SDPA, the processor itself skipped attention
             raise RuntimeError(
                 f"unbottle sparse attention: {type(inner).__name__} on {type(attn).__name__} made no "
