@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--pattern", choices=["cached", "dynamic", "window"], default="cached")
     parser.add_argument("--patterns", help="safetensors file to load head patterns from (if it exists) / save to")
     parser.add_argument("--compile", action="store_true", help="also run sparse with compile_repeated_blocks")
-    parser.add_argument("--backend", choices=["auto", "triton", "flex", "cudnn_bsa", "fa4", "flex_flash"],
+    parser.add_argument("--backend", choices=["auto", "triton", "flex", "cudnn_bsa", "fa4"],
                         help="block-sparse kernel on CUDA (default auto: measured per call shape)")
     args = parser.parse_args()
     if args.backend:

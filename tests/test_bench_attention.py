@@ -322,7 +322,7 @@ def test_hopper_columns_checks_and_the_engines_choice(tmp_path, monkeypatch):
     row = _row(ms={"sdpa_cudnn": 4.0, "sdpa_flash": 8.0, "flex": 1.0, "ours": 0.5, "cudnn_bsa": 0.4})
     row["error"] = {}
     calls = bench_run.hopper_calls(q, k, v, mask, row)
-    assert list(calls) == ["cudnn_bsa"]  # fa4/flex_flash are absent from the fakes' registry: skipped below
+    assert list(calls) == ["cudnn_bsa"]  # fa4 is absent from the fakes' registry: skipped below
     ref = block_sparse_attention_reference(q, k, v, mask)[0]
     outs = {"flex": ref, "cudnn_bsa": calls["cudnn_bsa"]()}
     bench_run._check_hopper(row, outs)

@@ -14,6 +14,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from unbottle.attention_processors import backend_choice
 from unbottle.attention_processors.backend_choice import Backend, BackendChooser, agrees, density_band, mask_summary
 from unbottle.attention_processors.block_mask import dense_block_mask, pattern_to_block_mask
+from unbottle.attention_processors.kernels.flash4 import ascending_lists
 from unbottle.attention_processors.kernels.kept_lists import packed_kept_lists
 from unbottle.attention_processors.reference import block_sparse_attention_reference
 
@@ -49,6 +50,23 @@ def test_partial_and_full_lists_merge_into_one_packed_list():
     expected = dense_block_mask(mask).expand(2, 3, 12, 16)
     tiles = _tiles_of(indices, counts, 4)
     assert torch.equal(tiles.repeat_interleave(4, 2).repeat_interleave(4, 3), expected)
+
+
+def test_flash4_lists_ascend_within_each_rows_count():
+    """FlashAttention-4 masks the key length only in the last listed tile: each row's kept tiles go in ascending
+    order, the same set, zeros after the count, widened to the number of key tiles."""
+    g = torch.Generator().manual_seed(3)
+    b, h, nqb, n_kv, width = 2, 3, 5, 9, 6
+    indices = torch.stack([torch.randperm(n_kv, generator=g)[:width] for _ in range(b * h * nqb)])
+    indices = indices.view(b, h, nqb, width).int()  # (B, H, nQ, K) in score order
+    counts = torch.randint(0, width + 1, (b, h, nqb), generator=g).int()
+    out = ascending_lists(indices, counts, n_kv)
+    assert out.shape == (b, h, nqb, n_kv) and out.dtype == torch.int32
+    for row, count in zip(out.view(-1, n_kv), counts.view(-1).tolist(), strict=True):
+        kept = row[:count].tolist()
+        assert kept == sorted(kept) and not row[count:].any()
+    for row, src, count in zip(out.view(-1, n_kv), indices.view(-1, width), counts.view(-1).tolist(), strict=True):
+        assert sorted(row[:count].tolist()) == sorted(src[:count].tolist())
 
 
 def test_engine_patterns_pack_unchanged():

@@ -1,8 +1,7 @@
-"""The packaged Hopper block-sparse kernels (the `hopper` extra: cuDNN frontend BSA, FlashAttention-4 directly and
-through FlexAttention's FLASH backend) against the PyTorch reference on fresh random inputs: fp16/bf16, sequence
-tails, query and key lengths that differ, LSE, rows with no kept block, 64- and 128-token blocks. GPU only (skipped
-where CUDA or the package is missing); the measured choice between them is tested on the CPU
-(test_sparse_backends.py)."""
+"""The packaged Hopper block-sparse kernels (the `hopper` extra: cuDNN frontend BSA and FlashAttention-4) against
+the PyTorch reference on fresh random inputs: fp16/bf16, sequence tails, query and key lengths that differ, LSE, rows
+with no kept block, 64- and 128-token blocks. GPU only (skipped where CUDA or the package is missing); the measured
+choice between them, and FlashAttention-4's list order, are tested on the CPU (test_sparse_backends.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ HOPPER = CUDA and torch.cuda.get_device_capability()[0] >= 9
 BACKENDS = {
     "cudnn_bsa": (cudnn_bsa.block_sparse_attention_cudnn, cudnn_bsa.available, (64, 128)),
     "fa4": (flash4.block_sparse_attention_flash4, flash4.available, (128,)),
-    "flex_flash": (flash4.block_sparse_attention_flex_flash, flash4.available, (128,)),
 }
 # (batch, heads, query length, key length, head size): aligned, tails, cross lengths, head size 64
 SHAPES = [(1, 4, 1024, 1024, 128), (2, 3, 1000, 1000, 128), (1, 2, 640, 1100, 128), (1, 4, 768, 768, 64)]

@@ -60,7 +60,6 @@ def _hopper_backends() -> list[Backend]:
     return [
         Backend("cudnn_bsa", cudnn_bsa.block_sparse_attention_cudnn, cudnn_bsa.refusal, cudnn_bsa.available, True),
         Backend("fa4", flash4.block_sparse_attention_flash4, flash4.refusal, flash4.available, True),
-        Backend("flex_flash", flash4.block_sparse_attention_flex_flash, flash4.refusal, flash4.available, True),
     ]  # fmt: skip
 
 

@@ -1,11 +1,10 @@
 """Block-sparse attention on FlashAttention-4 (`flash-attn-4`, the `hopper` extra): its CuTe DSL forward for SM90 and
 SM100 takes per-(batch, head, query block) lists of full key tiles, as a BlockMask keeps them.
 
-Two ways in: `flash_attn.cute.flash_attn_func(..., block_sparse_tensors=...)` directly, with (B, N, H, D) views of our
-(B, H, N, D) tensors (free for diffusers' tensors, which are (B, N, H, D) in memory), and FlexAttention with
-`kernel_options={"BACKEND": "FLASH"}` on the same BlockMask (PyTorch lowers it to the same kernels). Both give a
-natural-log LSE. The engine's choice checks every backend's output before it times it, so a route that ignored the
-mask would never be picked.
+`flash_attn.cute.flash_attn_func(..., block_sparse_tensors=...)` runs on (B, N, H, D) views of our (B, H, N, D)
+tensors (free for diffusers' tensors, which are (B, N, H, D) in memory) and gives a natural-log LSE. FlexAttention's
+`kernel_options={"BACKEND": "FLASH"}` is not a way in: under torch 2.11 on an H100 its output ignored the block mask
+(relative error 0.9 against the reference), so it is not offered.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from .optional import device_refusal, importable
 
 BLOCK_SIZE = 128  # FlashAttention-4's sparse tile on SM90 (query and key)
 _TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockMask -> {(B, H): BlockSparseTensorsTorch}
-_compiled_flex_flash = None
 
 
 def available() -> bool:
@@ -42,6 +40,18 @@ def refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Block
     return None
 
 
+def ascending_lists(indices: torch.Tensor, counts: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """Each row's first `counts` kept key tiles in ascending order, zero after, widened to `n_kv` (B, H, nQ, n_kv)
+    int32. The kernel walks a row's list from its end and masks the key length only in the first tile it meets, which
+    must be the last (partial) key tile where a row keeps it."""
+    width = min(n_kv, indices.shape[-1])
+    padding = torch.arange(width, device=indices.device) >= counts[..., None]  # (B, H, nQ, K)
+    ascending = indices[..., :width].masked_fill(padding, n_kv).sort(-1).values.masked_fill(padding, 0)
+    full = torch.zeros(*indices.shape[:3], n_kv, dtype=torch.int32, device=indices.device)  # (B, H, nQ, n_kv)
+    full[..., :width] = ascending
+    return full
+
+
 def _sparse_tensors(block_mask: BlockMask, batch: int, heads: int) -> object:
     """The kept tiles as FlashAttention-4's full-tile lists (no partial tiles), made once per mask and (B, H)."""
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
@@ -50,9 +60,7 @@ def _sparse_tensors(block_mask: BlockMask, batch: int, heads: int) -> object:
     if (batch, heads) not in per_mask:
         indices, counts = packed_kept_lists(block_mask, batch, heads)  # (B, H, nQ, K), (B, H, nQ)
         n_kv = -(-block_mask.seq_lengths[1] // BLOCK_SIZE)
-        full = torch.zeros(*indices.shape[:3], n_kv, dtype=torch.int32, device=indices.device)  # (B, H, nQ, nK)
-        width = min(n_kv, indices.shape[-1])
-        full[..., :width] = indices[..., :width]
+        full = ascending_lists(indices, counts, n_kv)  # (B, H, nQ, nK)
         per_mask[(batch, heads)] = BlockSparseTensorsTorch(
             mask_block_cnt=torch.zeros_like(counts), mask_block_idx=torch.zeros_like(full), full_block_cnt=counts,
             full_block_idx=full, block_size=(BLOCK_SIZE, BLOCK_SIZE),
@@ -74,22 +82,3 @@ def block_sparse_attention_flash4(
     q_, k_, v_ = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, H, D) views
     out, lse = flash_attn_func(q_, k_, v_, softmax_scale=scale, block_sparse_tensors=tensors, return_lse=True)
     return out.transpose(1, 2), lse.float().reshape(q.shape[:3])  # (B, H, Nq, Dv), (B, H, Nq)
-
-
-def block_sparse_attention_flex_flash(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-sparse attention and LSE through compiled FlexAttention lowered to FlashAttention-4
-    (`kernel_options={"BACKEND": "FLASH"}`, Zadouri et al. 2026)."""
-    global _compiled_flex_flash
-    why = refusal(q, k, v, block_mask)  # FlexAttention lowers to the same kernels
-    if why is not None:
-        raise ValueError(f"FlexAttention's FLASH backend cannot run this call: {why}")
-    if _compiled_flex_flash is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _compiled_flex_flash = torch.compile(flex_attention, dynamic=False)
-    out, lse = _compiled_flex_flash(q, k, v, block_mask=block_mask, scale=scale, return_lse=True,
-                                    kernel_options={"BACKEND": "FLASH"})  # fmt: skip
-    return out, lse.float()

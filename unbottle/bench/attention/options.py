@@ -22,11 +22,11 @@ FIRST_CALL_HEADS, FIRST_CALL_HEAD_DIM, FIRST_CALL_DENSITY = 12, 128, 0.10
 # (bf16 keeps 8 significant bits: two valid outputs of magnitude m may differ by m/128)
 CHECK_TOLERANCE = 2e-2
 MIN_REPEATS = 10  # do_bench's repetition window is stretched so that slow calls still get this many timed runs
-HOPPER_BACKENDS = ("cudnn_bsa", "fa4", "flex_flash")  # the `hopper` extra's kernels, where installed
+HOPPER_BACKENDS = ("cudnn_bsa", "fa4")  # the `hopper` extra's kernels, where installed
 BACKENDS = ("sdpa_cudnn", "sdpa_flash", "flex", "ours", *HOPPER_BACKENDS, "choice")
 SPARSE_BACKENDS = ("flex", "ours", *HOPPER_BACKENDS, "choice")
 LABELS = {"sdpa_cudnn": "cuDNN", "sdpa_flash": "flash", "flex": "Flex", "ours": "ours", "cudnn_bsa": "cuDNN BSA",
-          "fa4": "FA4", "flex_flash": "Flex→FA4", "choice": "engine's choice"}  # fmt: skip
+          "fa4": "FA4", "choice": "engine's choice"}  # fmt: skip
 CHOOSER_NAMES = {"triton": "ours"}  # backend_choice's names → this benchmark's
 # the targets: (density, backend, baseline, minimum speed-up)
 TARGETS: tuple[tuple[float, str, str, float], ...] = (

@@ -191,7 +191,7 @@ def write_plot(results: dict, path: Path, log: Callable[[str], None] | None = No
     nrows = math.ceil(len(shapes) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4.2 * nrows), squeeze=False)
     styles = {"sdpa_cudnn": "--", "sdpa_flash": ":", "flex": "-o", "ours": "-s", "cudnn_bsa": "-^", "fa4": "-v",
-              "flex_flash": "-d", "choice": "k."}  # fmt: skip
+              "choice": "k."}  # fmt: skip
     for ax, shape in zip(axes.flat, shapes, strict=False):
         rows = sorted((r for r in results["rows"] if r["shape"] == shape), key=lambda r: r["density"])
         for backend in BACKENDS:

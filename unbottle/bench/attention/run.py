@@ -464,7 +464,6 @@ def _environment(device: torch.device, command: str, options: BenchOptions) -> d
             "kept-tile lists with per-row counts, kv_splits=1, LSE returned (kernels/cudnn_bsa.py)",
             "fa4": "FlashAttention-4's flash_attn_func with block_sparse_tensors (full tiles), LSE returned "
             "(kernels/flash4.py)",
-            "flex_flash": "torch.compile(flex_attention) with kernel_options={'BACKEND': 'FLASH'}, LSE returned",
             "choice": "the backend the engine's measured choice picks for the row's call (measured afresh, its "
             "cache in a temporary folder); its time here is that backend's do_bench time from the same row",
         },
