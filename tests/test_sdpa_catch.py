@@ -64,7 +64,7 @@ def test_both_kinds_of_processor_are_caught_and_the_route_is_learned(fn, learned
         assert layer.calls == call + 1
         if call:  # after the first call: the swap alone where SDPA is looked up by name, else the mode
             assert isinstance(opened, sdpa_catch.SwapSDPA if learned else sdpa_catch.CatchMode)
-            assert not isinstance(opened, sdpa_catch.SwapSDPA) or opened.verify is False
+            assert catch.verify is False
     assert sdpa_catch._BY_NAME[processor_type] is learned
     assert F.scaled_dot_product_attention is ORIGINAL
 
@@ -143,3 +143,13 @@ def test_a_patch_made_before_is_what_passes_through_and_is_put_back(monkeypatch)
         F.scaled_dot_product_attention(q, k2, v2)  # cross attention: passed on to the patch
     assert calls == [1]
     assert F.scaled_dot_product_attention is patched
+
+
+def test_a_call_under_compilation_uses_the_mode_and_teaches_nothing(monkeypatch):
+    processor_type = new_type(by_name)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    q, k, v = qkv()
+    out, catch, opened = run(processor_type, FlipLayer(), q, k, v)
+    assert isinstance(opened, sdpa_catch.CatchMode) and catch.calls == 1
+    assert processor_type not in sdpa_catch._BY_NAME
+    torch.testing.assert_close(out, ORIGINAL(q, k, v))  # the op finds no layer for this token: dense SDPA

@@ -38,8 +38,8 @@ class _Layer(Protocol):
 class SDPACatch:
     """Routes the scaled-dot-product calls of one wrapped processor call to `layer.attend`; counts them."""
 
-    def __init__(self, layer: _Layer) -> None:
-        self.layer = layer
+    def __init__(self, layer: _Layer, verify: bool = False) -> None:
+        self.layer, self.verify = layer, verify  # verify: swap and mode both open, to learn the processor's route
         self.calls = 0  # calls that reached the routing rule
         self.by_name = 0  # calls that looked SDPA up by name (the swap's dispatcher saw them)
 
@@ -86,8 +86,9 @@ class CatchMode(TorchFunctionMode):
 
 _ACTIVE: contextvars.ContextVar[SDPACatch | None] = contextvars.ContextVar("unbottle_sdpa_catch", default=None)
 _LOCK = threading.Lock()
-_swap = {"depth": 0, "replaced": _SDPA}  # how many swaps are open, and the function the dispatcher replaced (kept
-# after the last swap closes, for a call another thread looked up just before)
+# how many swaps are open, and the function the dispatcher replaced (kept after the last swap closes, for a call
+# another thread looked up just before)
+_swap = {"depth": 0, "replaced": _SDPA}
 
 
 def _dispatch(*args, **kwargs):
@@ -96,21 +97,18 @@ def _dispatch(*args, **kwargs):
     if catch is None:
         return replaced(*args, **kwargs)
     catch.by_name += 1
-    if _VERIFYING.get():  # the mode around this call routes it, and counts what reaches torch
+    if catch.verify:  # the mode around this call routes it, and counts what reaches torch
         return replaced(*args, **kwargs)
     return catch.route(replaced, args, kwargs)
 
 
-_VERIFYING: contextvars.ContextVar[bool] = contextvars.ContextVar("unbottle_sdpa_verifying", default=False)
-
-
 class SwapSDPA:
-    """The swap form as a context manager; `verify=True` also opens the mode, to learn whether the processor's
-    SDPA calls all go through the name (then `catch.by_name == catch.calls`)."""
+    """The swap form as a context manager; for a verifying catch it also opens the mode, to learn whether the
+    processor's SDPA calls all go through the name (then `catch.by_name == catch.calls`)."""
 
-    def __init__(self, catch: SDPACatch, verify: bool = False) -> None:
-        self.catch, self.verify = catch, verify
-        self._mode = CatchMode(catch) if verify else None
+    def __init__(self, catch: SDPACatch) -> None:
+        self.catch = catch
+        self._mode = CatchMode(catch) if catch.verify else None
 
     def __enter__(self) -> SDPACatch:
         with _LOCK:
@@ -118,7 +116,7 @@ class SwapSDPA:
                 _swap["replaced"] = F.scaled_dot_product_attention
                 F.scaled_dot_product_attention = _dispatch
             _swap["depth"] += 1
-        self._tokens = (_ACTIVE.set(self.catch), _VERIFYING.set(self.verify))
+        self._token = _ACTIVE.set(self.catch)
         if self._mode is not None:
             self._mode.__enter__()
         return self.catch
@@ -126,8 +124,7 @@ class SwapSDPA:
     def __exit__(self, *exc) -> None:
         if self._mode is not None:
             self._mode.__exit__(*exc)
-        _ACTIVE.reset(self._tokens[0])
-        _VERIFYING.reset(self._tokens[1])
+        _ACTIVE.reset(self._token)
         with _LOCK:
             _swap["depth"] -= 1
             if _swap["depth"] == 0:
@@ -140,16 +137,15 @@ _BY_NAME: dict[type, bool] = {}  # processor class -> whether its SDPA calls go 
 
 def catching(layer: _Layer, processor_type: type) -> tuple[SDPACatch, object]:
     """A catch for one call of a processor of `processor_type`, and the context manager that opens it."""
-    catch = SDPACatch(layer)
     if torch.compiler.is_compiling():
+        catch = SDPACatch(layer)
         return catch, CatchMode(catch)
     known = _BY_NAME.get(processor_type)
-    if known is False:
-        return catch, CatchMode(catch)
-    return catch, SwapSDPA(catch, verify=known is None)
+    catch = SDPACatch(layer, verify=known is None)
+    return catch, (CatchMode(catch) if known is False else SwapSDPA(catch))
 
 
 def learn(processor_type: type, catch: SDPACatch) -> None:
     """After a verifying call: remember whether `processor_type` reaches SDPA by name (no evidence without a call)."""
-    if processor_type not in _BY_NAME and catch.calls:
+    if catch.verify and catch.calls:
         _BY_NAME[processor_type] = catch.by_name == catch.calls
