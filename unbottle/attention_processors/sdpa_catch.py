@@ -41,7 +41,7 @@ class SDPACatch:
     def __init__(self, layer: _Layer, verify: bool = False) -> None:
         self.layer, self.verify = layer, verify  # verify: swap and mode both open, to learn the processor's route
         self.calls = 0  # calls that reached the routing rule
-        self.by_name = 0  # calls that looked SDPA up by name (the swap's dispatcher saw them)
+        self.by_name = 0  # verifying: calls that looked SDPA up by name (the swap's dispatcher saw them)
 
     def route(self, sdpa, args: tuple, kwargs: dict) -> torch.Tensor:
         """Self-attention (B, H, N, D) goes to the layer; anything else, and the layer's dense steps, to `sdpa`."""
@@ -96,8 +96,8 @@ def _dispatch(*args, **kwargs):
     catch, replaced = _ACTIVE.get(), _swap["replaced"]
     if catch is None:
         return replaced(*args, **kwargs)
-    catch.by_name += 1
     if catch.verify:  # the mode around this call routes it, and counts what reaches torch
+        catch.by_name += 1
         return replaced(*args, **kwargs)
     return catch.route(replaced, args, kwargs)
 
