@@ -54,7 +54,7 @@ def test_defaults_are_the_models_clip_and_the_held_out_motion_set():
     from unbottle.shapes import call_defaults
 
     options = VideoQualityOptions()
-    assert options.frames == call_defaults("t2v")["num_frames"] == 17
+    assert options.frames == call_defaults("t2v")["num_frames"] == 33
     assert (options.seed, options.block_sizes, options.patterns, options.reshape) == (10_001, (64,), ("cached",),
                                                                                        (True,))  # fmt: skip
 
@@ -153,7 +153,7 @@ def test_cli_lists_become_the_grid_in_the_order_given():
                                           "sparse 0.1 (dynamic, block 64, reshape off)",
                                           "sparse 0.2 (dynamic, block 64, reshape on)"]  # fmt: skip
     plain = video_options(parse("--video"))
-    assert (plain.seed, plain.reshape, plain.block_sizes, plain.frames) == (10_001, (True,), (64,), 17)
+    assert (plain.seed, plain.reshape, plain.block_sizes, plain.frames) == (10_001, (True,), (64,), 33)
 
 
 # -- captions and PSNR --------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_kinds_and_errors():
         load_pipeline("t2x")
     with pytest.raises(ValueError, match="kind='image'"):
         call_defaults("image")
-    assert call_defaults("t2i")["num_frames"] == 1 and call_defaults("t2v")["num_frames"] == 17
+    assert call_defaults("t2i")["num_frames"] == 1 and call_defaults("t2v")["num_frames"] == 33
     with pytest.raises(TypeError):
         call_defaults("t2i")["height"] = 64  # read-only
 

@@ -55,6 +55,13 @@ def test_two_short_runs_save_a_wan_pipeline_and_resume(tmp_path):
     frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    # a tuned pipeline tunes again when a new run asks (only --resume skips a tune its run has done)
+    again = tmp_path / "again"
+    fourth = subprocess.run([sys.executable, str(SCRIPT), "--out", str(again), *TINY, "--init-from",
+                             str(tuned / "pipeline"), "--vae-tune-minutes", "0.01", "--dit-minutes", "0"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert "vae decoder: " in (again / "train.log").read_text()
     refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x"), "--vae-tune-minutes", "1"],
                              capture_output=True, text=True)  # fmt: skip
     assert refused.returncode == 2 and "--vae-tune-minutes tunes a trained VAE's decoder" in refused.stderr

@@ -466,6 +466,7 @@ def main() -> None:
                                     latents_std=saved.vae.config.latents_std)  # fmt: skip
         state = {**json.loads((args.init_from / "training.json").read_text()), "opt": None, "ema": None}
         state.pop("eval", None)
+        state.pop("vae_tuned", None)  # a new run tunes the decoder when asked, even one tuned before
         log(f"initialized from {args.init_from} at dit step {state['step']}")
     elif args.vae_from is not None:
         from diffusers import AutoencoderKLWan

@@ -19,11 +19,11 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "shapes"
 T2V_DIR, DLM_DIR = ASSETS / "t2v", ASSETS / "dlm"
 KINDS = ("t2i", "t2v", "dlm")
 
-# What the models were trained for: 128 px; videos of 17 frames (5 latent frames); answers of 2–4 tokens, decoded
+# What the models were trained for: 128 px; videos of 33 frames (9 latent frames); answers of 2–4 tokens, decoded
 # greedily one token per step (`unbottle.shapes.retrieval.decode` is the same decoding).
 _CALL_DEFAULTS = {
     "t2i": {"height": 128, "width": 128, "num_frames": 1, "num_inference_steps": 20, "guidance_scale": 4.0},
-    "t2v": {"height": 128, "width": 128, "num_frames": 17, "num_inference_steps": 20, "guidance_scale": 4.0},
+    "t2v": {"height": 128, "width": 128, "num_frames": 33, "num_inference_steps": 20, "guidance_scale": 4.0},
     "dlm": {"use_chat_template": False, "gen_length": 4, "block_length": 4, "num_inference_steps": 4,
             "sampling_method": "greedy", "threshold": 1.5, "editing_threshold": None, "eos_early_stop": False},
 }  # fmt: skip
