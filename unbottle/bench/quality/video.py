@@ -5,9 +5,9 @@
 
 The shipped shapes WanPipeline generates the held-out motion captions (seed 10,001: the model card's set; another
 `--caption-seed` draws a tuning set) as `--frames`-frame clips, once dense ("stock") and once per sparse setting,
-every clip from the same noise in every row (chunk i of the captions from generator seed i). A 17-frame clip is 5
-latent frames of 16 × 16 tokens: 1,280 tokens, 20 key blocks of 64. Each row reports the shapes evaluator on the
-clips (accuracy: every fact of a caption right, motion included; the fraction of facts right; each fact type's
+every clip from the same noise in every row (chunk i of the captions from generator seed i). The default 33-frame
+clip is 9 latent frames of 16 × 16 tokens: 2,304 tokens, 36 key blocks of 64. Each row reports the shapes evaluator
+on the clips (accuracy: every fact of a caption right, motion included; the fraction of facts right; each fact type's
 accuracy), PSNR in dB against the stock clips over all frames and pixels of the set, the realized density (kept tiles
 / all tiles the sparse steps computed, `SparseAttentionHandle.realized_density`) and the seconds of the generation.
 Writes quality-shapes-video.json and quality-shapes-video.md.
